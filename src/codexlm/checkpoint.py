@@ -1,0 +1,212 @@
+"""Atomic save and verified load of the whole training state.
+
+A checkpoint is a folder `step-00000200/` holding the trainable weights (safetensors), the
+optimizer state and RNG states (torch.save, loaded with weights_only=True), `state.json`
+(step, tokens seen, validation loss, the run's fingerprint, python/numpy RNG states) and
+`manifest.json` (the sha256 of every other file). It is written under a temporary name and
+renamed into place, so a folder named `step-*` is complete unless something corrupted it
+later, which the manifest catches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from codexlm.atomic import sha256_file
+
+PREFIX = "step-"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that failed verification; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable hash of everything that determines a run (params, data hashes)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON-able states, tensor states) of every RNG a step can consume."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    plain = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = s
+    return plain, tensors
+
+
+def set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    v, state, gauss = plain["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(
+    root: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint `step` under root atomically; return its folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    plain_rng, tensor_rng = rng_state()
+    # clone: safetensors refuses tensors that share storage (tied embeddings)
+    save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, tmp / "model.safetensors")
+    torch.save(optimizer, tmp / "optimizer.pt")
+    torch.save(tensor_rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": plain_rng}))
+    manifest = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    for f in tmp.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a finished run's checkpoint rewritten by a forced rerun
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Check every file against the manifest; return state.json. Raise CheckpointError."""
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{manifest_path}: unreadable ({e.__class__.__name__})") from None
+    for name, digest in manifest.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"{f}: sha256 mismatch (corrupt or truncated)")
+    return json.loads((path / "state.json").read_text())
+
+
+def load(ckpt: Checkpoint, device: torch.device | str = "cpu") -> tuple[dict, dict, dict]:
+    """(weights, optimizer state, tensor RNG states) of a verified checkpoint."""
+    weights = load_file(ckpt.path / "model.safetensors", device=str(device))
+    optimizer = torch.load(ckpt.path / "optimizer.pt", map_location=device, weights_only=True)
+    rng = torch.load(ckpt.path / "rng.pt", map_location="cpu", weights_only=True)
+    return weights, optimizer, rng
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def candidates(root: Path) -> list[Path]:
+    """Complete checkpoint folders, newest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob(f"{PREFIX}*") if p.is_dir()), reverse=True)
+
+
+def find_resumable(root: Path, fp: str) -> Checkpoint | None:
+    """The newest checkpoint of this run (same fingerprint) that verifies, or None.
+
+    Checkpoints of other runs are removed (a new experiment starts fresh and must not
+    resume them later); a corrupt one is named in a warning and skipped.
+    """
+    for path in root.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)  # a write that was interrupted
+    found = None
+    for path in candidates(root):
+        state = _read_state(path)
+        if state is not None and state.get("fingerprint") != fp:
+            shutil.rmtree(path)
+            continue
+        if found is not None:
+            continue
+        try:
+            state = verify(path)
+        except CheckpointError as e:
+            warnings.warn(f"checkpoint skipped: {e}; falling back to the previous one", stacklevel=2)
+            continue
+        found = Checkpoint(path, state)
+    return found
+
+
+def best(root: Path) -> Checkpoint | None:
+    """The checkpoint with the lowest validation loss (ties: the newest)."""
+    scored = []
+    for path in candidates(root):
+        state = _read_state(path)
+        if state is not None and state.get("val_loss") is not None:
+            scored.append((state["val_loss"], -state["step"], path, state))
+    if not scored:
+        return None
+    _, _, path, state = min(scored)
+    return Checkpoint(path, state)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints and the best one; called after a save completes."""
+    keep_best = best(root)
+    for path in candidates(root)[keep:]:
+        if keep_best is None or path != keep_best.path:
+            shutil.rmtree(path)
+
+
+def clear(root: Path) -> None:
+    for path in [*candidates(root), *root.glob(".tmp-*")] if root.is_dir() else []:
+        shutil.rmtree(path)
+
+
+def folder_digest(path: Path) -> str:
+    """sha256 over the names and contents of every file in a folder (a model to fine-tune)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()

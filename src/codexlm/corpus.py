@@ -1,0 +1,293 @@
+"""Sources -> documents: read, clean, scrub secrets, dedup and split (the prepare stage).
+
+Documents stream from the source to three parquet writers, so memory does not grow with the
+corpus (only the 32-byte digests kept for dedup do). A document's split is decided by a hash
+of its content, so adding documents never moves existing ones between splits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import sysconfig
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from codexlm.atomic import write_json
+from codexlm.errors import UserError
+from codexlm.scrub import scrub
+
+SPLITS = ("train", "val", "test")
+TABLE_EXTS = (".jsonl", ".csv", ".parquet")
+SCHEMA = pa.schema([("name", pa.string()), ("text", pa.string())])
+# Standard-library folders that hold test suites, not library code.
+_STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One document as read: its name, its bytes or text, or why it was skipped."""
+
+    name: str
+    data: bytes | str | None
+    skip: str | None = None
+
+
+@dataclass
+class Stats:
+    documents: Counter[str] = field(default_factory=Counter)
+    bytes: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    secrets: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "documents": {s: self.documents[s] for s in SPLITS},
+            "bytes": {s: self.bytes[s] for s in SPLITS},
+            "dropped": dict(sorted(self.dropped.items())),
+            "secrets": dict(sorted(self.secrets.items())),
+        }
+
+
+# ---------------------------------------------------------------- reading sources
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _walk(root: Path, include: list[str], skip_dirs: set[str] = frozenset()) -> Iterator[Path]:
+    """Files under root matching any include glob, in a stable order; links to folders are not
+    followed (a symlink loop cannot hang the walk)."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if any(_glob_match(rel, pat) for pat in include):
+                yield path
+
+
+def _glob_match(rel: str, pattern: str) -> bool:
+    # fnmatch's * crosses "/", so "**/*.py" must also match a file at the top level
+    return fnmatch.fnmatchcase(rel, pattern) or (
+        pattern.startswith("**/") and fnmatch.fnmatchcase(rel, pattern[3:])
+    )
+
+
+def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[Raw]:
+    for path in paths:
+        name = path.relative_to(root).as_posix()
+        try:
+            if path.stat().st_size > max_bytes:
+                # decided from the size, so a huge file is never read into memory
+                yield Raw(name, None, "too_long")
+                continue
+            yield Raw(name, path.read_bytes())
+        except OSError as e:
+            yield Raw(name, None, f"unreadable:{type(e).__name__}")
+
+
+def _read_jsonl(path: Path, column: str) -> Iterator[Raw]:
+    with path.open("rb") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                yield Raw(f"{path.name}:{i}", None, "malformed_line")
+                continue
+            if not isinstance(row, dict) or column not in row:
+                yield Raw(f"{path.name}:{i}", None, "missing_text")
+            elif not isinstance(row[column], str):
+                yield Raw(f"{path.name}:{i}", None, "null_text")
+            else:
+                yield Raw(f"{path.name}:{i}", row[column])
+
+
+def _read_table(path: Path, column: str) -> Iterator[Raw]:
+    """Rows of a .csv or .parquet file, streamed in record batches."""
+    try:
+        if path.suffix == ".parquet":
+            pf = pq.ParquetFile(path)
+            if column not in pf.schema_arrow.names:
+                raise UserError(
+                    f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                    "set data.text_column"
+                )
+            batches = pf.iter_batches(columns=[column], batch_size=1024)
+        else:
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22))
+            if column not in reader.schema.names:
+                raise UserError(
+                    f"{path}: no column {column!r} (columns: {', '.join(reader.schema.names)}); "
+                    "set data.text_column"
+                )
+            batches = reader
+        row = 0
+        for batch in batches:
+            for value in batch.column(column).to_pylist():
+                row += 1
+                name = f"{path.name}:{row}"
+                if isinstance(value, str):
+                    yield Raw(name, value)
+                else:
+                    yield Raw(name, None, "null_text")
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+
+
+def iter_source(source: str, include: list[str], text_column: str, max_chars: int) -> Iterator[Raw]:
+    """Every document of `data.source`: "stdlib", a folder, or a .jsonl/.csv/.parquet file."""
+    max_bytes = 4 * max_chars  # a UTF-8 character is at most 4 bytes
+    if source == "stdlib":
+        root = stdlib_root()
+        yield from _read_files(root, _walk(root, ["**/*.py"], _STDLIB_SKIP), max_bytes)
+        return
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"data.source: {source!r} does not exist (use 'stdlib', a folder or a file)")
+    if path.is_dir():
+        yield from _read_files(path, _walk(path, include), max_bytes)
+    elif path.suffix == ".jsonl":
+        yield from _read_jsonl(path, text_column)
+    elif path.suffix in (".csv", ".parquet"):
+        yield from _read_table(path, text_column)
+    else:
+        raise UserError(
+            f"data.source: {source!r} is not a folder or a {'/'.join(TABLE_EXTS)} file"
+        )
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def clean(raw: Raw, min_chars: int, max_chars: int, scrub_secrets: bool) -> tuple[str | None, str | None, Counter[str]]:
+    """Decode and filter one document: (text, None, secrets) or (None, reason, {})."""
+    found: Counter[str] = Counter()
+    if raw.skip:
+        return None, raw.skip, found
+    data = raw.data
+    if isinstance(data, bytes):
+        if b"\0" in data[:8192]:
+            return None, "binary", found
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "not_utf8", found
+    text = data.replace("\r\n", "\n").replace("\r", "\n")
+    if len(text) < min_chars:
+        return None, "too_short", found
+    if len(text) > max_chars:
+        return None, "too_long", found
+    if scrub_secrets:
+        text = scrub(text, found)
+    return text, None, found
+
+
+def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
+    """Stable split from the content hash: the same document always lands in the same split."""
+    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+    if h < test_fraction:
+        return "test"
+    if h < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def _clean_star(args: tuple[Raw, int, int, bool]) -> tuple[str, str | None, str | None, Counter[str]]:
+    raw = args[0]
+    return (raw.name, *clean(*args))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def prepare(
+    source: str,
+    include: list[str],
+    text_column: str,
+    min_chars: int,
+    max_chars: int,
+    val_fraction: float,
+    test_fraction: float,
+    scrub_secrets: bool,
+    out_dir: Path,
+    workers: int | None = None,
+) -> dict[str, object]:
+    """Write out_dir/{train,val,test}.parquet and stats.json; return the stats."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
+    writers = {s: pq.ParquetWriter(tmp[s], SCHEMA, compression="zstd") for s in SPLITS}
+    buffers: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    stats = Stats()
+    seen: set[bytes] = set()
+
+    def flush(split: str) -> None:
+        if buffers[split]:
+            names, texts = zip(*buffers[split], strict=True)
+            writers[split].write_table(pa.table({"name": names, "text": texts}, schema=SCHEMA))
+            buffers[split].clear()
+
+    workers = workers or min(os.cpu_count() or 1, 8)
+    docs = iter_source(source, include, text_column, max_chars)
+    jobs = ((raw, min_chars, max_chars, scrub_secrets) for raw in docs)
+    try:
+        with ProcessPoolExecutor(workers) as pool:
+            # map() keeps the source order, so the output does not depend on scheduling
+            results = pool.map(_clean_star, jobs, chunksize=16)
+            for name, text, reason, found in tqdm(results, desc="prepare", unit="doc"):
+                if reason:
+                    stats.dropped[reason.split(":")[0]] += 1
+                    continue
+                digest = hashlib.sha256(text.encode("utf-8")).digest()
+                if digest in seen:
+                    stats.dropped["duplicate"] += 1
+                    continue
+                seen.add(digest)
+                stats.secrets.update(found)
+                split = split_of(text, val_fraction, test_fraction)
+                stats.documents[split] += 1
+                stats.bytes[split] += len(text.encode("utf-8"))
+                buffers[split].append((name, text))
+                if len(buffers[split]) >= 512:
+                    flush(split)
+        for s in SPLITS:
+            flush(s)
+    finally:
+        for w in writers.values():
+            w.close()
+    empty = [s for s in SPLITS if stats.documents[s] == 0]
+    if empty:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        kept = sum(stats.documents.values())
+        raise UserError(
+            f"data.source: {source!r} gave {kept} usable documents (dropped: "
+            f"{dict(stats.dropped) or 'none'}), leaving the {'/'.join(empty)} split empty; "
+            "add documents or adjust data.min_chars/max_chars/include"
+        )
+    for s in SPLITS:
+        os.replace(tmp[s], out_dir / f"{s}.parquet")
+    result = stats.as_dict()
+    write_json(out_dir / "stats.json", result)
+    return result
+
+
+def read_texts(path: Path, batch_size: int = 256) -> Iterator[list[str]]:
+    """Stream a prepared split's texts in batches."""
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(columns=["text"], batch_size=batch_size):
+        yield batch.column("text").to_pylist()

@@ -1,0 +1,85 @@
+"""Memory-mapped token files and deterministic, resumable, rank-aware batches.
+
+A batch is a pure function of (seed, step, micro-step, rank): there is no sampler state to
+save, a resumed run draws exactly the batches the uninterrupted run would have, and N
+processes with batch b draw the same global batch as one process with batch N*b.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_tokens(token_dir: Path, split: str) -> np.ndarray:
+    meta = json.loads((token_dir / "meta.json").read_text())
+    return np.memmap(token_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = np.stack([tokens[s : s + context + 1] for s in starts]).astype(np.int64)
+    t = torch.from_numpy(rows)
+    # inputs and next-token targets: the one-token shift happens here, once
+    return t[:, :-1], t[:, 1:]
+
+
+def train_batch(
+    tokens: np.ndarray,
+    seed: int,
+    step: int,
+    micro: int,
+    batch_size: int,
+    grad_accum: int,
+    context: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of micro-batch `micro` of optimizer step `step`.
+
+    The step's global batch is batch_size * grad_accum * world windows at random offsets;
+    micro-step m of rank r takes slice (m * world + r).
+    """
+    n = len(tokens) - context - 1
+    if n <= 0:
+        raise ValueError(f"{len(tokens)} tokens cannot fill one window of {context + 1}")
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, n, size=batch_size * grad_accum * world)
+    i = (micro * world + rank) * batch_size
+    return _windows(tokens, starts[i : i + batch_size], context)
+
+
+def eval_batches(
+    tokens: np.ndarray, seed: int, n_batches: int, batch_size: int, context: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed set of validation batches (the same at every evaluation and every run)."""
+    n = len(tokens) - context - 1
+    if n <= 0:
+        raise ValueError(f"{len(tokens)} tokens cannot fill one window of {context + 1}")
+    rng = np.random.default_rng([seed, 2**31 - 1])
+    starts = rng.integers(0, n, size=(n_batches, batch_size))
+    return [_windows(tokens, s, context) for s in starts]
+
+
+def sequential_batches(tokens: np.ndarray, batch_size: int, context: int, max_tokens: int = 0):
+    """Consecutive windows that together predict every token but the first (for evaluation).
+
+    Yields (inputs, targets, mask): the last window is padded and masked.
+    """
+    end = len(tokens) if max_tokens <= 0 else min(len(tokens), max_tokens + 1)
+    starts = list(range(0, end - 1, context))
+    for i in range(0, len(starts), batch_size):
+        xs, ys, ms = [], [], []
+        for s in starts[i : i + batch_size]:
+            w = np.asarray(tokens[s : min(s + context + 1, end)], dtype=np.int64)
+            k = len(w) - 1
+            x = np.zeros(context, dtype=np.int64)
+            y = np.zeros(context, dtype=np.int64)
+            m = np.zeros(context, dtype=bool)
+            x[:k], y[:k], m[:k] = w[:-1], w[1:], True
+            xs.append(x)
+            ys.append(y)
+            ms.append(m)
+        yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ms))

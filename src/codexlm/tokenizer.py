@@ -1,0 +1,128 @@
+"""Train or load the tokenizer; encode splits into flat token files (the tokenize stage).
+
+The tokenizer is byte-level BPE, so every string round-trips exactly. Token files are flat
+uint16 (vocabulary < 65536) or uint32 arrays with documents separated by the end-of-text
+token, written batch by batch so memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from codexlm.atomic import sha256_file, write_json
+from codexlm.errors import UserError
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`, wrapped so AutoTokenizer can load it."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOT, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOT,
+        eos_token=EOT,
+        unk_token=None,
+        pad_token=PAD,
+        # HF's clean-up rewrites " ." as "." on decode, which breaks the round trip
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load_pretrained(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local checkpoint; a missing pad token becomes EOS (vocab unchanged)."""
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.init: no usable tokenizer in {path}: {str(e).splitlines()[0]}") from None
+    if tok.eos_token is None:
+        raise UserError(f"model.init: the tokenizer in {path} has no end-of-text (eos) token")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def encode_split(
+    tok: PreTrainedTokenizerBase, batches: Iterator[list[str]], out: Path, dtype: np.dtype
+) -> tuple[int, int]:
+    """Write the token file for one split; return (tokens, UTF-8 bytes) written."""
+    backend: Tokenizer = tok.backend_tokenizer
+    eot = tok.eos_token_id
+    n_tokens = n_bytes = 0
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tmp.open("wb") as f:
+        for texts in tqdm(batches, desc=f"tokenize {out.stem}", unit="batch"):
+            # encode_batch runs on every core (Rayon) and returns ids without special tokens
+            for enc in backend.encode_batch(texts, add_special_tokens=False):
+                ids = np.asarray(enc.ids + [eot], dtype=dtype)
+                f.write(ids.tobytes())
+                n_tokens += len(ids)
+            n_bytes += sum(len(t.encode("utf-8")) for t in texts)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return n_tokens, n_bytes
+
+
+def tokenize(
+    prepared: Path,
+    init: str,
+    vocab_size: int,
+    min_frequency: int,
+    tok_dir: Path,
+    out_dir: Path,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> dict:
+    """Train (init == "scratch") or load the tokenizer, save it, encode every split."""
+    from codexlm.atomic import replace_dir
+    from codexlm.corpus import read_texts
+
+    if init == "scratch":
+        tok = train_bpe(
+            (t for batch in read_texts(prepared / "train.parquet") for t in batch),
+            vocab_size,
+            min_frequency,
+        )
+    else:
+        tok = load_pretrained(Path(init))
+    with replace_dir(tok_dir) as tmp:
+        tok.save_pretrained(tmp)
+    vocab = len(tok)
+    dtype = token_dtype(vocab)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {s: encode_split(tok, read_texts(prepared / f"{s}.parquet"), out_dir / f"{s}.bin", dtype) for s in splits}
+    meta = {
+        "dtype": dtype.name,
+        "vocab_size": vocab,
+        "eot_id": tok.eos_token_id,
+        "pad_id": tok.pad_token_id,
+        "tokens": {s: c[0] for s, c in counts.items()},
+        "bytes": {s: c[1] for s, c in counts.items()},
+        "bytes_per_token": {s: round(c[1] / max(c[0], 1), 4) for s, c in counts.items()},
+        "sha256": {s: sha256_file(out_dir / f"{s}.bin") for s in splits},
+        "tokenizer_sha256": sha256_file(tok_dir / "tokenizer.json"),
+    }
+    write_json(out_dir / "meta.json", meta)
+    return meta
