@@ -30,12 +30,9 @@ def truncate_history(log_dir: Path, last_step: int) -> None:
         os.replace(tmp, tsv)
 
 
-def open_live(log_dir: Path, resume_step: int | None, monitor_system: bool = False) -> Live:
+def open_live(log_dir: Path, resume_step: int | None) -> Live:
     """A Live for a stage's report folder: fresh when resume_step is None, else continued."""
     if resume_step is not None:
         truncate_history(log_dir, resume_step)
     # dvc.yaml declares metrics and plots itself; the pipeline, not DVCLive, makes experiments
-    live = Live(str(log_dir), resume=resume_step is not None, dvcyaml=False, save_dvc_exp=False)
-    if monitor_system:
-        live.monitor_system()
-    return live
+    return Live(str(log_dir), resume=resume_step is not None, dvcyaml=False, save_dvc_exp=False)

@@ -139,6 +139,23 @@ class NonFiniteError(Exception):
     pass
 
 
+def system_metrics(device: torch.device) -> dict[str, float]:
+    """CPU and memory use (and GPU memory on CUDA) at a log step.
+
+    DVCLive's monitor_system is not used: its thread logs wall-clock timestamps at its own
+    steps and fails with a traceback on machines without NVML.
+    """
+    import psutil
+
+    out = {
+        "system/cpu_percent": psutil.cpu_percent(),
+        "system/rss_gb": psutil.Process().memory_info().rss / 2**30,
+    }
+    if device.type == "cuda":
+        out["system/gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint stores: the trainable parameters (only the adapters under LoRA)."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -222,7 +239,7 @@ def train(
     elif d.main:
         print(f"train: starting from step 0 of {steps}")
 
-    live = open_live(log_dir, start if ckpt else None, monitor_system=True) if (d.main and log_dir) else None
+    live = open_live(log_dir, start if ckpt else None) if (d.main and log_dir) else None
     n_trainable = count_params(raw, trainable_only=True)
     if live is not None:
         live.log_metric("params/trainable", n_trainable, plot=False)
@@ -338,6 +355,7 @@ def train(
                 util = mfu(tps, flops_tok, device_name) if device.type == "cuda" else None
                 if util is not None:
                     metrics["mfu"] = util
+                metrics.update(system_metrics(device))
                 log(done, metrics)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tps:.0f}")
                 loss_acc.zero_()

@@ -1,0 +1,64 @@
+"""evaluate: models/trained + data/tokens -> reports/evaluate/ (metrics.json, figures,
+samples.md, report.md)"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from codexlm import params
+from codexlm.atomic import write_text
+from codexlm.data import load_tokens
+from codexlm.errors import run_stage
+from codexlm.evaluate import (
+    evaluate_split,
+    plot_loss_by_position,
+    plot_loss_curves,
+    report_markdown,
+    sample,
+    samples_markdown,
+)
+from codexlm.export import load_trained
+from codexlm.live import open_live
+
+OUT = Path("reports/evaluate")
+TRAIN_LOG = Path("reports/train")
+
+
+def main() -> None:
+    p = params.load()
+    e = p.evaluate
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_trained(Path("models/trained"), p.model.init if p.lora.enabled else None)
+    model.to(device)
+    results = {
+        split: evaluate_split(
+            model, load_tokens(Path("data/tokens"), split), tok, p.model.context, e.batch_size,
+            device, e.max_tokens, desc=f"evaluate {split}",
+        )
+        for split in ("test", "val")
+    }
+    completions = sample(model, tok, e.prompts, e.max_new_tokens, e.temperature, e.top_k, p.seed, device)
+    train_summary = json.loads((TRAIN_LOG / "metrics.json").read_text())
+    extra = {"train_tokens_per_s": train_summary.get("tokens_per_s", 0.0)}
+
+    live = open_live(OUT, None)
+    for split, r in results.items():
+        for k, v in r.metrics().items():
+            live.log_metric(f"{split}/{k}", v, plot=False)
+    live.log_metric("train/tokens_per_s", extra["train_tokens_per_s"], plot=False)
+    live.make_summary()
+    plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
+    plot_loss_by_position(results, OUT / "loss_by_position.png")
+    samples_md = samples_markdown(e.prompts, completions)
+    write_text(OUT / "samples.md", samples_md)
+    write_text(OUT / "report.md", report_markdown(results, extra, samples_md))
+    t = results["test"]
+    print(
+        f"evaluate: test loss {t.loss:.4f}, bits/byte {t.bits_per_byte:.4f} "
+        f"(xz -9: {t.xz_bits_per_byte:.4f}), accuracy {t.accuracy:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,37 @@
+"""export: models/trained -> models/export/ (safetensors, tokenizer, generation config,
+model card), verified by reloading it and comparing logits."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from codexlm import params
+from codexlm.errors import run_stage
+from codexlm.export import ParityError, export, lineage
+
+
+def main() -> None:
+    p = params.load()
+    raw_params = yaml.safe_load(Path(params.PARAMS_FILE).read_text())
+    card = {
+        "name": "codexlm",
+        "path": "models/export",
+        "params": raw_params,
+        "metrics": json.loads(Path("reports/evaluate/metrics.json").read_text()),
+        "data_stats": json.loads(Path("data/prepared/stats.json").read_text()),
+        "lineage": lineage(Path("dvc.lock"), ("prepare", "tokenize", "train")),
+    }
+    lora_base = p.model.init if p.lora.enabled else None
+    try:
+        diff = export(
+            Path("models/trained"), Path("models/export"), lora_base, p.export.merge_lora,
+            p.model.context, p.seed, p.export.parity_atol, card,
+        )
+    except ParityError as e:
+        raise SystemExit(f"error: export: {e}") from None
+    print(f"export: models/export written; reload parity max |logit diff| = {diff:.3g}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
