@@ -1,0 +1,144 @@
+"""End to end: `dvc repro` with tiny params in a copy of the repository, every output checked."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tsv_steps(path: Path) -> list[int]:
+    with path.open(newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `dvc repro` shared by the checks below (it is the slow part)."""
+    import shutil
+
+    from conftest import ROOT, tiny_params, write_params
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    corpus = tmp / "corpus"
+    shutil.copytree(ROOT / "src" / "codexlm", corpus, ignore=shutil.ignore_patterns("__pycache__"))
+    repo = tmp / "repo"
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "data", "models", "reports", "__pycache__", ".pytest_cache",
+        ".ruff_cache", "*.egg-info", "dvc.lock", "tmp", "cache",
+    )
+    shutil.copytree(ROOT, repo, ignore=ignore)
+    write_params(repo, tiny_params(str(corpus)))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    proc = run(["dvc", "repro"], repo)
+    for stage in ("prepare", "tokenize", "train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in proc.stdout
+    return repo
+
+
+def test_prepared_data(built: Path) -> None:
+    stats = json.loads((built / "data/prepared/stats.json").read_text())
+    for split in ("train", "val", "test"):
+        table = pq.read_table(built / f"data/prepared/{split}.parquet")
+        assert table.num_rows == stats["documents"][split] > 0
+        assert sum(len(t.encode()) for t in table["text"].to_pylist()) == stats["bytes"][split]
+
+
+def test_tokens_and_tokenizer(built: Path) -> None:
+    from transformers import AutoTokenizer
+
+    import numpy as np
+
+    meta = json.loads((built / "data/tokens/meta.json").read_text())
+    tok = AutoTokenizer.from_pretrained(built / "models/tokenizer")
+    assert len(tok) == meta["vocab_size"] == 300
+    for split in ("train", "val", "test"):
+        ids = np.fromfile(built / f"data/tokens/{split}.bin", dtype=meta["dtype"])
+        assert len(ids) == meta["tokens"][split]
+        assert ids[-1] == meta["eot_id"]
+        texts = pq.read_table(built / f"data/prepared/{split}.parquet")["text"].to_pylist()
+        assert tok.decode(ids.tolist(), skip_special_tokens=True) == "".join(texts)
+
+
+def test_train_outputs(built: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(built / "models/trained")
+    assert model.config.model_type == "llama"
+    assert model.config.tie_word_embeddings
+    assert (built / "models/trained/model.safetensors").is_file()
+    ckpts = sorted(p.name for p in (built / "models/checkpoints").iterdir())
+    assert ckpts == ["step-00000004", "step-00000008"]
+    summary = json.loads((built / "reports/train/metrics.json").read_text())
+    assert summary["step"] == 8
+    metrics = built / "reports/train/plots/metrics"
+    assert tsv_steps(metrics / "train/loss.tsv") == [2, 4, 6, 8]
+    assert tsv_steps(metrics / "val/loss.tsv") == [0, 4, 8]
+    assert tsv_steps(metrics / "lr.tsv") == [2, 4, 6, 8]
+
+
+def test_evaluate_outputs(built: Path) -> None:
+    m = json.loads((built / "reports/evaluate/metrics.json").read_text())
+    for split in ("test", "val"):
+        s = m[split]
+        assert s["perplexity"] == pytest.approx(torch.tensor(s["loss"]).exp().item(), rel=1e-6)
+        assert 0 <= s["accuracy"] <= 1
+        assert s["bits_per_byte"] > 0 and s["xz_bits_per_byte"] > 0
+    out = built / "reports/evaluate"
+    for name in ("samples.md", "report.md", "loss_curves.png", "loss_by_position.png"):
+        assert (out / name).stat().st_size > 0
+    assert "def add(a, b):" in (out / "samples.md").read_text()
+    assert "| test |" in (out / "report.md").read_text()
+
+
+def test_export_loads_and_generates(built: Path) -> None:
+    code = (
+        "from transformers import pipeline; "
+        "print(pipeline('text-generation', model='models/export')('def add(a, b):', "
+        "max_new_tokens=5)[0]['generated_text'])"
+    )
+    proc = run(["python", "-c", code], built)
+    assert proc.stdout.startswith("def add(a, b):")
+    card = (built / "models/export/README.md").read_text()
+    assert "bits_per_byte" in card and "data/tokens" in card
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (built / "models/export" / name).is_file()
+
+
+def test_repro_is_idempotent(built: Path) -> None:
+    assert "up to date" in run(["dvc", "status"], built).stdout
+    again = run(["dvc", "repro"], built).stdout
+    assert "Running stage" not in again
+
+
+def test_same_params_same_outputs(built: Path, tmp_path: Path) -> None:
+    """A second copy with the same params gives byte-identical data, tokenizer and weights."""
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(built, twin, ignore=shutil.ignore_patterns("data", "models", "reports", "dvc.lock"))
+    run(["dvc", "repro", "train"], twin)
+    for rel in (
+        "data/prepared/train.parquet",
+        "data/prepared/test.parquet",
+        "data/prepared/stats.json",
+        "models/tokenizer/tokenizer.json",
+        "data/tokens/train.bin",
+        "data/tokens/val.bin",
+        "models/trained/model.safetensors",
+    ):
+        assert sha(built / rel) == sha(twin / rel), rel
