@@ -51,8 +51,6 @@ def check(p: params.Params, meta: dict) -> None:
             )
     if p.train.eval_batches * p.train.batch_size > 100 * meta["tokens"]["val"]:
         raise UserError("train.eval_batches: far more validation windows than the val split holds")
-    if p.lora.enabled and p.model.from_scratch:
-        raise UserError("lora.enabled: LoRA adapts a pretrained model; set model.init to its folder")
 
 
 def main() -> None:
@@ -74,6 +72,9 @@ def main() -> None:
         limit = context_limit(model)
         if limit is not None and p.model.context > limit:
             raise UserError(f"model.context: {p.model.context} exceeds what {p.model.init} supports ({limit})")
+        if model.get_input_embeddings().weight.shape[0] < meta["vocab_size"]:
+            # the tokenizer gained tokens the checkpoint has no embeddings for
+            model.resize_token_embeddings(meta["vocab_size"], pad_to_multiple_of=64)
     if p.lora.enabled:
         model = apply_lora(model, p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules)
     try:

@@ -32,7 +32,12 @@ def tiny_params(source: str) -> dict:
     p["tokenizer"]["vocab_size"] = 300
     p["model"].update(n_layer=1, n_head=2, d_model=32, context=32)
     p["train"].update(
-        steps=8, batch_size=4, warmup_steps=2, eval_every=4, eval_batches=2, log_every=2,
+        steps=8,
+        batch_size=4,
+        warmup_steps=2,
+        eval_every=4,
+        eval_batches=2,
+        log_every=2,
         checkpoint_every=4,
     )
     p["evaluate"].update(batch_size=8, max_new_tokens=8)
@@ -65,14 +70,41 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
 @pytest.fixture
 def repo(tmp_path: Path, corpus_dir: Path) -> Path:
     """A git copy of the working tree (committed or not) with tiny params, ready for dvc."""
-    dst = tmp_path / "repo"
+    return copy_repo(tmp_path / "repo", tiny_params(str(corpus_dir)))
+
+
+def copy_repo(dst: Path, params: dict) -> Path:
+    """A fresh git repository holding the working tree (no outputs, no dvc.lock)."""
     ignore = shutil.ignore_patterns(
-        ".venv", ".git", "data", "models", "reports", "__pycache__", ".pytest_cache",
-        ".ruff_cache", "*.egg-info", "dvc.lock", "tmp",
+        ".venv",
+        ".git",
+        "data",
+        "models",
+        "reports",
+        "__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        "*.egg-info",
+        "dvc.lock",
+        "tmp",
+        "cache",
     )
     shutil.copytree(ROOT, dst, ignore=ignore)
-    write_params(dst, tiny_params(str(corpus_dir)))
+    write_params(dst, params)
     run(["git", "init", "-q"], dst)
     run(["git", "add", "-A"], dst)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `dvc repro` with tiny params, shared by the tests that inspect its outputs."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    corpus = tmp / "corpus"
+    shutil.copytree(ROOT / "src" / "codexlm", corpus, ignore=shutil.ignore_patterns("__pycache__"))
+    repo = copy_repo(tmp / "repo", tiny_params(str(corpus)))
+    proc = run(["dvc", "repro"], repo)
+    for stage in ("prepare", "tokenize", "train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in proc.stdout
+    return repo

@@ -35,11 +35,31 @@ def new_model(seed: int = 0) -> torch.nn.Module:
 def run_train(tmp: Path, tokens, **overrides) -> tuple[torch.nn.Module, dict]:
     model = new_model()
     kw = dict(
-        train_tokens=tokens[0], val_tokens=tokens[1], seed=0, context=CONTEXT, steps=STEPS,
-        batch_size=4, grad_accum=2, lr=1e-2, min_lr=1e-3, warmup_steps=2, weight_decay=0.1,
-        betas=(0.9, 0.95), grad_clip=1.0, precision="fp32", compile=False, eval_every=4,
-        n_eval_batches=2, log_every=1, checkpoint_every=2, keep_checkpoints=2, resume="auto",
-        final="last", max_bad_steps=3, ckpt_dir=tmp / "ckpt", run_fingerprint="fp-a",
+        train_tokens=tokens[0],
+        val_tokens=tokens[1],
+        seed=0,
+        context=CONTEXT,
+        steps=STEPS,
+        batch_size=4,
+        grad_accum=2,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_steps=2,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        grad_clip=1.0,
+        precision="fp32",
+        compile=False,
+        eval_every=4,
+        n_eval_batches=2,
+        log_every=1,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        resume="auto",
+        final="last",
+        max_bad_steps=3,
+        ckpt_dir=tmp / "ckpt",
+        run_fingerprint="fp-a",
         log_dir=tmp / "log",
     )
     kw.update(overrides)
@@ -144,7 +164,9 @@ def test_other_params_start_fresh(tmp_path, tokens, monkeypatch, capsys) -> None
     run_train(tmp_path, tokens, run_fingerprint="fp-b", lr=5e-3)
     out = capsys.readouterr().out
     assert "starting from step 0" in out and "resuming" not in out
-    states = [json.loads((p / "state.json").read_text()) for p in checkpoint.candidates(tmp_path / "ckpt")]
+    states = [
+        json.loads((p / "state.json").read_text()) for p in checkpoint.candidates(tmp_path / "ckpt")
+    ]
     assert states and all(s["fingerprint"] == "fp-b" for s in states)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import os
+import stat
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +33,9 @@ TABLE_EXTS = (".jsonl", ".csv", ".parquet")
 SCHEMA = pa.schema([("name", pa.string()), ("text", pa.string())])
 # Standard-library folders that hold test suites, not library code.
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+# Documents in flight to the cleaning workers at once (Executor.map alone would read the whole
+# source before returning the first result).
+_WINDOW = 1024
 
 
 @dataclass(frozen=True)
@@ -78,17 +83,26 @@ def _walk(root: Path, include: list[str], skip_dirs: set[str] = frozenset()) -> 
 
 
 def _glob_match(rel: str, pattern: str) -> bool:
-    # fnmatch's * crosses "/", so "**/*.py" must also match a file at the top level
-    return fnmatch.fnmatchcase(rel, pattern) or (
-        pattern.startswith("**/") and fnmatch.fnmatchcase(rel, pattern[3:])
-    )
+    # fnmatch's * crosses "/", so each "**/" already matches one or more folders; it must also
+    # match none: "**/*.py" a file at the top level, "src/**/*.py" a file directly in src/
+    pieces = pattern.split("**/")
+    for kept in itertools.product(("**/", ""), repeat=len(pieces) - 1):
+        candidate = pieces[0] + "".join(k + p for k, p in zip(kept, pieces[1:], strict=True))
+        if fnmatch.fnmatchcase(rel, candidate):
+            return True
+    return False
 
 
 def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[Raw]:
     for path in paths:
         name = path.relative_to(root).as_posix()
         try:
-            if path.stat().st_size > max_bytes:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                # a FIFO or a link to a device would block or never end on read
+                yield Raw(name, None, "unreadable:not_a_regular_file")
+                continue
+            if st.st_size > max_bytes:
                 # decided from the size, so a huge file is never read into memory
                 yield Raw(name, None, "too_long")
                 continue
@@ -129,7 +143,13 @@ def _read_table(path: Path, column: str) -> Iterator[Raw]:
         else:
             import pyarrow.csv as pacsv
 
-            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22))
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=1 << 22),
+                # code has newlines inside quoted cells; without this, reading fails at the
+                # first block boundary that falls inside one
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            )
             if column not in reader.schema.names:
                 raise UserError(
                     f"{path}: no column {column!r} (columns: {', '.join(reader.schema.names)}); "
@@ -212,6 +232,12 @@ def _clean_star(args: tuple[Raw, int, int, bool]) -> tuple[str, str | None, str 
     return (raw.name, *clean(*args))
 
 
+def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bool]]):
+    """pool.map over jobs, in source order, with at most _WINDOW documents read ahead."""
+    while window := list(itertools.islice(jobs, _WINDOW)):
+        yield from pool.map(_clean_star, window, chunksize=16)
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -247,7 +273,7 @@ def prepare(
     try:
         with ProcessPoolExecutor(workers) as pool:
             # map() keeps the source order, so the output does not depend on scheduling
-            results = pool.map(_clean_star, jobs, chunksize=16)
+            results = _clean_all(pool, jobs)
             for name, text, reason, found in tqdm(results, desc="prepare", unit="doc"):
                 if reason:
                     stats.dropped[reason.split(":")[0]] += 1
@@ -266,9 +292,15 @@ def prepare(
                     flush(split)
         for s in SPLITS:
             flush(s)
-    finally:
+    except BaseException:
+        # a source that fails part way (unreadable table, missing column) leaves nothing behind
         for w in writers.values():
             w.close()
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        raise
+    for w in writers.values():
+        w.close()
     empty = [s for s in SPLITS if stats.documents[s] == 0]
     if empty:
         for t in tmp.values():

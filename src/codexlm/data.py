@@ -42,7 +42,7 @@ def train_batch(
     The step's global batch is batch_size * grad_accum * world windows at random offsets;
     micro-step m of rank r takes slice (m * world + r).
     """
-    n = len(tokens) - context - 1
+    n = len(tokens) - context  # number of windows of context + 1 tokens
     if n <= 0:
         raise ValueError(f"{len(tokens)} tokens cannot fill one window of {context + 1}")
     rng = np.random.default_rng([seed, step])
@@ -55,7 +55,7 @@ def eval_batches(
     tokens: np.ndarray, seed: int, n_batches: int, batch_size: int, context: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed set of validation batches (the same at every evaluation and every run)."""
-    n = len(tokens) - context - 1
+    n = len(tokens) - context  # number of windows of context + 1 tokens
     if n <= 0:
         raise ValueError(f"{len(tokens)} tokens cannot fill one window of {context + 1}")
     rng = np.random.default_rng([seed, 2**31 - 1])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from codexlm.errors import UserError
 
@@ -150,6 +150,14 @@ class Params(_Block):
     evaluate: Evaluate
     export: Export
 
+    @model_validator(mode="after")
+    def _lora_needs_a_base(self) -> Params:
+        if self.lora.enabled and self.model.from_scratch:
+            raise ValueError(
+                "lora.enabled: LoRA adapts a pretrained model; set model.init to its folder"
+            )
+        return self
+
 
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
@@ -159,6 +167,8 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: missing key"
     msg = err["msg"].removeprefix("Value error, ")
+    if not key:  # a check across blocks names its keys itself
+        return msg
     if "input" in err and not isinstance(err["input"], dict | list):
         msg += f" (got {err['input']!r})"
     return f"{key}: {msg}"

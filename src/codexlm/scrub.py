@@ -20,15 +20,22 @@ _PRIVATE_KEY_BLOCK = re.compile(
 )
 # Characters that can occur in a secret; a line without a run of 8 of them holds none.
 _CANDIDATE = re.compile(r"[A-Za-z0-9+/=_\-.~:@]{8,}")
+# The rest of a token (base64, base64url, hex) after a reported fragment of it.
+_TOKEN_TAIL = r"[A-Za-z0-9+/=_\-]*"
 
 
 @cache
 def _plugins() -> tuple[BasePlugin, ...]:
-    """Every plugin detect-secrets ships, with its default settings."""
+    """Every plugin detect-secrets ships, with its default settings; the generic entropy
+    detectors last, so a token both flag is named by its specific type (GitHub, Slack...)."""
     plugins = []
     for cls in get_mapping_from_secret_type_to_class().values():
         plugins.append(cls())
-    return tuple(sorted(plugins, key=lambda p: p.secret_type))
+    return tuple(sorted(plugins, key=lambda p: (_is_generic(p), p.secret_type)))
+
+
+def _is_generic(plugin: BasePlugin) -> bool:
+    return plugin.secret_type.endswith("High Entropy String")
 
 
 def placeholder(secret_type: str) -> str:
@@ -52,8 +59,12 @@ def scrub(text: str, counts: Counter[str] | None = None) -> str:
         found: dict[str, str] = {}
         for plugin in _plugins():
             for secret in plugin.analyze_line(filename="document", line=line, line_number=i + 1):
-                if secret.secret_value:
-                    found.setdefault(secret.secret_value, secret.type)
+                if not secret.secret_value:
+                    continue
+                # some plugins report a fragment (GitHub: only the "ghp" prefix group; JWT: no
+                # signature), so redact the whole token that the fragment starts
+                for m in re.finditer(re.escape(secret.secret_value) + _TOKEN_TAIL, line):
+                    found.setdefault(m.group(), secret.type)
         # longest first, so a secret that contains another is replaced whole
         for value in sorted(found, key=len, reverse=True):
             if value in line:

@@ -68,7 +68,10 @@ def encode_split(
     tok: PreTrainedTokenizerBase, batches: Iterator[list[str]], out: Path, dtype: np.dtype
 ) -> tuple[int, int]:
     """Write the token file for one split; return (tokens, UTF-8 bytes) written."""
-    backend: Tokenizer = tok.backend_tokenizer
+    # a copy that reads "<|endoftext|>" inside a document as text: the only end-of-text ids
+    # in a token file are the document separators written below
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.encode_special_tokens = True
     eot = tok.eos_token_id
     n_tokens = n_bytes = 0
     tmp = out.with_name(f".{out.name}.tmp")
