@@ -33,12 +33,20 @@ def main() -> None:
     model.to(device)
     results = {
         split: evaluate_split(
-            model, load_tokens(Path("data/tokens"), split), tok, p.model.context, e.batch_size,
-            device, e.max_tokens, desc=f"evaluate {split}",
+            model,
+            load_tokens(Path("data/tokens"), split),
+            tok,
+            p.model.context,
+            e.batch_size,
+            device,
+            e.max_tokens,
+            desc=f"evaluate {split}",
         )
         for split in ("test", "val")
     }
-    completions = sample(model, tok, e.prompts, e.max_new_tokens, e.temperature, e.top_k, p.seed, device)
+    completions = sample(
+        model, tok, e.prompts, e.max_new_tokens, e.temperature, e.top_k, p.seed, device
+    )
     train_summary = json.loads((TRAIN_LOG / "metrics.json").read_text())
     extra = {"train_tokens_per_s": train_summary.get("tokens_per_s", 0.0)}
 

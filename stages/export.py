@@ -25,8 +25,14 @@ def main() -> None:
     lora_base = p.model.init if p.lora.enabled else None
     try:
         diff = export(
-            Path("models/trained"), Path("models/export"), lora_base, p.export.merge_lora,
-            p.model.context, p.seed, p.export.parity_atol, card,
+            Path("models/trained"),
+            Path("models/export"),
+            lora_base,
+            p.export.merge_lora,
+            p.model.context,
+            p.seed,
+            p.export.parity_atol,
+            card,
         )
     except ParityError as e:
         raise SystemExit(f"error: export: {e}") from None

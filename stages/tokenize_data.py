@@ -19,7 +19,10 @@ def main() -> None:
         tok_dir=Path("models/tokenizer"),
         out_dir=Path("data/tokens"),
     )
-    print(f"tokenize: vocab {meta['vocab_size']}, tokens {meta['tokens']}, bytes/token {meta['bytes_per_token']}")
+    print(
+        f"tokenize: vocab {meta['vocab_size']}, tokens {meta['tokens']}, "
+        f"bytes/token {meta['bytes_per_token']}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from codexlm import checkpoint, params
 from codexlm.data import load_tokens
 from codexlm.errors import UserError, run_stage
@@ -20,24 +22,35 @@ TOKENIZER = Path("models/tokenizer")
 # Params that change how a run is observed or stored, not the weights it produces: a
 # checkpoint written under other values of these is still resumed.
 NOT_FINGERPRINTED = {
-    "resume", "keep_checkpoints", "checkpoint_every", "log_every", "eval_every",
-    "compile", "nproc", "batch_size", "grad_accum",
+    "resume",
+    "keep_checkpoints",
+    "checkpoint_every",
+    "log_every",
+    "eval_every",
+    "compile",
+    "nproc",
+    "batch_size",
+    "grad_accum",
 }
 
 
 def run_fingerprint(p: params.Params, meta: dict) -> str:
     t = p.train
-    return checkpoint.fingerprint({
-        "seed": p.seed,
-        "model": p.model.model_dump(),
-        "lora": p.lora.model_dump() if p.lora.enabled else None,
-        "train": {k: v for k, v in t.model_dump().items() if k not in NOT_FINGERPRINTED},
-        # the data each step draws depends only on the global batch
-        "global_batch": t.batch_size * t.grad_accum * t.nproc,
-        "tokens": meta["sha256"],
-        "tokenizer": meta["tokenizer_sha256"],
-        "init": checkpoint.folder_digest(Path(p.model.init)) if not p.model.from_scratch else None,
-    })
+    return checkpoint.fingerprint(
+        {
+            "seed": p.seed,
+            "model": p.model.model_dump(),
+            "lora": p.lora.model_dump() if p.lora.enabled else None,
+            "train": {k: v for k, v in t.model_dump().items() if k not in NOT_FINGERPRINTED},
+            # the data each step draws depends only on the global batch
+            "global_batch": t.batch_size * t.grad_accum * t.nproc,
+            "tokens": meta["sha256"],
+            "tokenizer": meta["tokenizer_sha256"],
+            "init": checkpoint.folder_digest(Path(p.model.init))
+            if not p.model.from_scratch
+            else None,
+        }
+    )
 
 
 def check(p: params.Params, meta: dict) -> None:
@@ -64,14 +77,24 @@ def main() -> None:
     d = init_distributed()
     if p.model.from_scratch:
         model = build_model(
-            p.model.arch, p.model.n_layer, p.model.n_head, p.model.d_model, p.model.context,
-            meta["vocab_size"], p.model.dropout, meta["eot_id"], meta["pad_id"], p.seed,
+            p.model.arch,
+            p.model.n_layer,
+            p.model.n_head,
+            p.model.d_model,
+            p.model.context,
+            meta["vocab_size"],
+            p.model.dropout,
+            meta["eot_id"],
+            meta["pad_id"],
+            p.seed,
         )
     else:
         model = load_model(Path(p.model.init))
         limit = context_limit(model)
         if limit is not None and p.model.context > limit:
-            raise UserError(f"model.context: {p.model.context} exceeds what {p.model.init} supports ({limit})")
+            raise UserError(
+                f"model.context: {p.model.context} exceeds what {p.model.init} supports ({limit})"
+            )
         if model.get_input_embeddings().weight.shape[0] < meta["vocab_size"]:
             # the tokenizer gained tokens the checkpoint has no embeddings for
             model.resize_token_embeddings(meta["vocab_size"], pad_to_multiple_of=64)
@@ -117,6 +140,9 @@ def main() -> None:
     if d.main:
         save_model(model, TOKENIZER, Path("models/trained"))
         print(f"train: done, val loss {summary['val_loss']:.4f}, {summary['tokens_seen']:,} tokens")
+    if d.world > 1:
+        torch.distributed.barrier()  # the others wait until rank 0 has written the outputs
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, default_params, run
 
 from codexlm import params
 from codexlm.errors import UserError
-from conftest import ROOT, default_params, run
 
 
 def error_of(raw: object) -> str:
@@ -194,6 +194,15 @@ def test_d_model_divisible_by_heads_is_fine() -> None:
     assert params.parse(raw).model.d_model == 96
 
 
+def test_lora_needs_a_pretrained_model() -> None:
+    raw = with_value("lora.enabled", True)
+    raw["model"]["init"] = "scratch"
+    msg = error_of(raw)
+    assert "lora.enabled" in msg and "model.init" in msg
+    raw["model"]["init"] = "models/base"
+    assert params.parse(raw).lora.enabled
+
+
 def test_several_errors_in_one_line() -> None:
     raw = with_value("train.steps", 0)
     raw["model"]["n_layer"] = "four"
@@ -243,9 +252,9 @@ def test_origin_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("pattern", "replacement", "key"),
     [
-        (r"^  min_chars: .*$", "  min_chars: -1", "data.min_chars"),
-        (r"^  lr: .*$", "  lr: abc", "train.lr"),
-        (r"^  steps: .*$", "  steps: 100\n  stepz: 5", "train.stepz"),
+        pytest.param(r"^  min_chars: .*$", "  min_chars: -1", "data.min_chars", id="range"),
+        pytest.param(r"^  lr: .*$", "  lr: abc", "train.lr", id="type"),
+        pytest.param(r"^  steps: .*$", "  steps: 100\n  stepz: 5", "train.stepz", id="unknown"),
     ],
 )
 def test_prepare_stage_rejects_bad_params(

@@ -97,7 +97,10 @@ def save(
     tmp.mkdir()
     plain_rng, tensor_rng = rng_state()
     # clone: safetensors refuses tensors that share storage (tied embeddings)
-    save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, tmp / "model.safetensors")
+    save_file(
+        {k: v.detach().contiguous().cpu().clone() for k, v in weights.items()},
+        tmp / "model.safetensors",
+    )
     torch.save(optimizer, tmp / "optimizer.pt")
     torch.save(tensor_rng, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": plain_rng}))
@@ -171,7 +174,9 @@ def find_resumable(root: Path, fp: str) -> Checkpoint | None:
         try:
             state = verify(path)
         except CheckpointError as e:
-            warnings.warn(f"checkpoint skipped: {e}; falling back to the previous one", stacklevel=2)
+            warnings.warn(
+                f"checkpoint skipped: {e}; falling back to the previous one", stacklevel=2
+            )
             continue
         found = Checkpoint(path, state)
     return found

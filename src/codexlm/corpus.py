@@ -178,7 +178,9 @@ def iter_source(source: str, include: list[str], text_column: str, max_chars: in
         return
     path = Path(source)
     if not path.exists():
-        raise UserError(f"data.source: {source!r} does not exist (use 'stdlib', a folder or a file)")
+        raise UserError(
+            f"data.source: {source!r} does not exist (use 'stdlib', a folder or a file)"
+        )
     if path.is_dir():
         yield from _read_files(path, _walk(path, include), max_bytes)
     elif path.suffix == ".jsonl":
@@ -186,15 +188,15 @@ def iter_source(source: str, include: list[str], text_column: str, max_chars: in
     elif path.suffix in (".csv", ".parquet"):
         yield from _read_table(path, text_column)
     else:
-        raise UserError(
-            f"data.source: {source!r} is not a folder or a {'/'.join(TABLE_EXTS)} file"
-        )
+        raise UserError(f"data.source: {source!r} is not a folder or a {'/'.join(TABLE_EXTS)} file")
 
 
 # ---------------------------------------------------------------- cleaning
 
 
-def clean(raw: Raw, min_chars: int, max_chars: int, scrub_secrets: bool) -> tuple[str | None, str | None, Counter[str]]:
+def clean(
+    raw: Raw, min_chars: int, max_chars: int, scrub_secrets: bool
+) -> tuple[str | None, str | None, Counter[str]]:
     """Decode and filter one document: (text, None, secrets) or (None, reason, {})."""
     found: Counter[str] = Counter()
     if raw.skip:
@@ -227,7 +229,9 @@ def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-def _clean_star(args: tuple[Raw, int, int, bool]) -> tuple[str, str | None, str | None, Counter[str]]:
+def _clean_star(
+    args: tuple[Raw, int, int, bool],
+) -> tuple[str, str | None, str | None, Counter[str]]:
     raw = args[0]
     return (raw.name, *clean(*args))
 

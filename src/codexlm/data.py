@@ -19,7 +19,9 @@ def load_tokens(token_dir: Path, split: str) -> np.ndarray:
     return np.memmap(token_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(
+    tokens: np.ndarray, starts: np.ndarray, context: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows = np.stack([tokens[s : s + context + 1] for s in starts]).astype(np.int64)
     t = torch.from_numpy(rows)
     # inputs and next-token targets: the one-token shift happens here, once
@@ -82,4 +84,8 @@ def sequential_batches(tokens: np.ndarray, batch_size: int, context: int, max_to
             xs.append(x)
             ys.append(y)
             ms.append(m)
-        yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ms))
+        yield (
+            torch.from_numpy(np.stack(xs)),
+            torch.from_numpy(np.stack(ys)),
+            torch.from_numpy(np.stack(ms)),
+        )

@@ -64,7 +64,9 @@ def evaluate_split(
     pos_nll = torch.zeros(context, dtype=torch.float64)
     pos_n = torch.zeros(context, dtype=torch.float64)
     batches = sequential_batches(tokens, batch_size, context, max_tokens)
-    total = math.ceil(math.ceil((len(tokens) if max_tokens <= 0 else max_tokens) / context) / batch_size)
+    total = math.ceil(
+        math.ceil((len(tokens) if max_tokens <= 0 else max_tokens) / context) / batch_size
+    )
     for x, y, mask in tqdm(batches, total=total, desc=desc, unit="batch"):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
         logits = model(input_ids=x).logits.float()
@@ -132,7 +134,7 @@ def read_history(tsv: Path) -> tuple[list[int], list[float]]:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows:
         return [], []
-    name = [k for k in rows[0] if k not in ("step", "timestamp")][0]
+    name = next(k for k in rows[0] if k not in ("step", "timestamp"))
     return [int(r["step"]) for r in rows], [float(r[name]) for r in rows]
 
 
@@ -183,9 +185,13 @@ def samples_markdown(prompts: list[str], completions: list[str]) -> str:
     return "\n".join(parts)
 
 
-def report_markdown(results: dict[str, SplitResult], extra: dict[str, float], samples_md: str) -> str:
-    rows = ["| split | loss | perplexity | bits/byte | xz -9 bits/byte | accuracy | tokens |",
-            "|---|---|---|---|---|---|---|"]
+def report_markdown(
+    results: dict[str, SplitResult], extra: dict[str, float], samples_md: str
+) -> str:
+    rows = [
+        "| split | loss | perplexity | bits/byte | xz -9 bits/byte | accuracy | tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for split, r in results.items():
         rows.append(
             f"| {split} | {r.loss:.4f} | {r.perplexity:.2f} | {r.bits_per_byte:.4f} | "

@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
 
 from codexlm.atomic import replace_dir
 
@@ -17,16 +22,22 @@ class ParityError(Exception):
     """The export does not reproduce the trained model's logits."""
 
 
-def load_trained(path: Path, lora_base: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def load_trained(
+    path: Path, lora_base: str | None = None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The train stage's output: a full model, or a peft adapter on top of `lora_base`."""
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if lora_base is not None:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(lora_base, trust_remote_code=False, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(
+            lora_base, trust_remote_code=False, dtype=torch.float32
+        )
         model = PeftModel.from_pretrained(base, path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=False, dtype=torch.float32
+        )
     model.eval()
     return model, tok
 
@@ -127,9 +138,13 @@ def export(
 
         reloaded = _reload(tmp, lora_base if (lora_base and not merge_lora) else None)
         vocab = reference.get_input_embeddings().weight.shape[0]
-        diff = max_logit_diff(reference, reloaded, parity_batch(min(vocab, len(tok)), context, seed))
+        diff = max_logit_diff(
+            reference, reloaded, parity_batch(min(vocab, len(tok)), context, seed)
+        )
         if not diff <= atol:
-            raise ParityError(f"exported logits differ from the trained model's by {diff:.3g} (> {atol})")
+            raise ParityError(
+                f"exported logits differ from the trained model's by {diff:.3g} (> {atol})"
+            )
     return diff
 
 
@@ -137,10 +152,14 @@ def _reload(path: Path, adapter_base: str | None) -> torch.nn.Module:
     """Load the export the way a user would."""
     AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if adapter_base is None:
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=False, dtype=torch.float32
+        ).eval()
     from peft import PeftModel
 
-    base = AutoModelForCausalLM.from_pretrained(adapter_base, trust_remote_code=False, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        adapter_base, trust_remote_code=False, dtype=torch.float32
+    )
     return PeftModel.from_pretrained(base, path).eval()
 
 

@@ -105,7 +105,9 @@ def lora_targets(model: PreTrainedModel) -> tuple[list[str], bool]:
     kind = model.config.model_type
     if kind == "gpt2":
         return ["c_attn", "c_proj", "c_fc"], True
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
     wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     found = [n for n in wanted if n in names]
     if not found:

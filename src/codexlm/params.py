@@ -188,7 +188,7 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
         with path.open(encoding="utf-8") as f:
-            return yaml.load(f, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+            return yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run from the repository root)") from None
     except yaml.YAMLError as e:

@@ -52,7 +52,9 @@ def load_pretrained(path: Path) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"model.init: no usable tokenizer in {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"model.init: no usable tokenizer in {path}: {str(e).splitlines()[0]}"
+        ) from None
     if tok.eos_token is None:
         raise UserError(f"model.init: the tokenizer in {path} has no end-of-text (eos) token")
     if tok.pad_token is None:
@@ -79,7 +81,7 @@ def encode_split(
         for texts in tqdm(batches, desc=f"tokenize {out.stem}", unit="batch"):
             # encode_batch runs on every core (Rayon) and returns ids without special tokens
             for enc in backend.encode_batch(texts, add_special_tokens=False):
-                ids = np.asarray(enc.ids + [eot], dtype=dtype)
+                ids = np.asarray([*enc.ids, eot], dtype=dtype)
                 f.write(ids.tobytes())
                 n_tokens += len(ids)
             n_bytes += sum(len(t.encode("utf-8")) for t in texts)
@@ -115,7 +117,10 @@ def tokenize(
     vocab = len(tok)
     dtype = token_dtype(vocab)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {s: encode_split(tok, read_texts(prepared / f"{s}.parquet"), out_dir / f"{s}.bin", dtype) for s in splits}
+    counts = {
+        s: encode_split(tok, read_texts(prepared / f"{s}.parquet"), out_dir / f"{s}.bin", dtype)
+        for s in splits
+    }
     meta = {
         "dtype": dtype.name,
         "vocab_size": vocab,

@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from codexlm.metrics import flops_per_token, mfu, token_nll
 class Dist:
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -97,7 +97,9 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None) -> float:
+def validation_loss(
+    model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None
+) -> float:
     """Token-weighted mean loss over the fixed validation batches."""
     was_training = model.training
     model.eval()
@@ -254,12 +256,18 @@ def train(
             fwd, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    val_data = eval_batches(val_tokens, seed, n_eval_batches, batch_size, context)
+    # n_eval_batches global batches of windows, the same set whatever the process count
+    val_data = eval_batches(
+        val_tokens, seed, n_eval_batches * grad_accum * d.world, batch_size, context
+    )
     global_batch = batch_size * grad_accum * d.world
     tokens_per_step = global_batch * context
     cfg = getattr(raw, "config", None)
     flops_tok = flops_per_token(
-        n_trainable, getattr(cfg, "num_hidden_layers", 0) or 0, getattr(cfg, "hidden_size", 0) or 0, context
+        n_trainable,
+        getattr(cfg, "num_hidden_layers", 0) or 0,
+        getattr(cfg, "hidden_size", 0) or 0,
+        context,
     )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -295,7 +303,13 @@ def train(
 
     stop = StopFlag()
     zero = torch.zeros((), device=device)
-    loss_acc, good_acc, bad_total, bad_run, bad_max = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    loss_acc, good_acc, bad_total, bad_run, bad_max = (
+        zero.clone(),
+        zero.clone(),
+        zero.clone(),
+        zero.clone(),
+        zero.clone(),
+    )
     norm_acc = zero.clone()
     t_last, tokens_last = time.perf_counter(), tokens_seen
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not d.main)
@@ -306,21 +320,38 @@ def train(
                 g["lr"] = step_lr
             step_loss = zero.clone()
             for micro in range(grad_accum):
-                x, y = train_batch(train_tokens, seed, step, micro, batch_size, grad_accum, context, d.rank, d.world)
+                x, y = train_batch(
+                    train_tokens,
+                    seed,
+                    step,
+                    micro,
+                    batch_size,
+                    grad_accum,
+                    context,
+                    d.rank,
+                    d.world,
+                )
                 if device.type == "cuda":
                     # pinned memory makes the host-to-device copy asynchronous
-                    x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+                    x, y = (
+                        x.pin_memory().to(device, non_blocking=True),
+                        y.pin_memory().to(device, non_blocking=True),
+                    )
                 last_micro = micro == grad_accum - 1
                 # DDP all-reduces gradients on the last micro-step only
                 sync = contextlib.nullcontext() if (d.world == 1 or last_micro) else fwd.no_sync()
                 with sync:
-                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    with torch.autocast(
+                        device.type, dtype=amp or torch.float32, enabled=amp is not None
+                    ):
                         logits = fwd(input_ids=x).logits
                         nll, n, _ = token_nll(logits, y)
                         loss = nll / n
                     (loss / grad_accum).backward()
                 step_loss += loss.detach() / grad_accum
-            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+            norm = torch.nn.utils.clip_grad_norm_(
+                params, grad_clip if grad_clip > 0 else float("inf")
+            )
             bad = ~torch.isfinite(norm)
             opt.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
             opt.step()
@@ -339,9 +370,12 @@ def train(
                 if int(bad_max) >= max_bad_steps:  # a sync, at log intervals only
                     raise NonFiniteError(
                         f"{int(bad_max)} consecutive steps with a non-finite loss or gradient "
-                        f"(train.max_bad_steps = {max_bad_steps}) before step {done}; lower train.lr "
-                        "or check the data"
+                        f"(train.max_bad_steps = {max_bad_steps}) before step {done}; "
+                        "lower train.lr or check the data"
                     )
+                if d.world > 1:  # each rank saw its own share of the batch: average them
+                    dist.all_reduce(loss_acc)
+                    loss_acc /= d.world
                 now = time.perf_counter()
                 good = max(float(good_acc), 1.0)
                 tps = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)
@@ -392,7 +426,12 @@ def train(
             print(f"train: final weights from {best.path} (val loss {val_loss:.4f})")
     if not weights_finite(raw):
         raise NonFiniteError("non-finite weights after training: models/trained not written")
-    summary = {"step": steps, "tokens_seen": tokens_seen, "val_loss": val_loss, "params_trainable": n_trainable}
+    summary = {
+        "step": steps,
+        "tokens_seen": tokens_seen,
+        "val_loss": val_loss,
+        "params_trainable": n_trainable,
+    }
     if live is not None:
         live.end()
     return summary
