@@ -202,13 +202,12 @@ def test_final_best_uses_best_checkpoint(tmp_path, tokens) -> None:
 
 def test_non_finite_steps_are_skipped_then_fail(tmp_path, tokens, monkeypatch) -> None:
     """A NaN gradient makes no update; max_bad_steps in a row stop the run with a message."""
-    real = train_mod.token_nll
+    real = train_mod.lm_loss
 
-    def nan_loss(logits, y, mask=None):
-        nll, n, c = real(logits, y, mask)
-        return nll * float("nan"), n, c
+    def nan_loss(logits, y):
+        return real(logits, y) * float("nan")
 
-    monkeypatch.setattr(train_mod, "token_nll", nan_loss)
+    monkeypatch.setattr(train_mod, "lm_loss", nan_loss)
     model = new_model()
     before = weights(model)
     with pytest.raises(train_mod.NonFiniteError, match="3 consecutive steps"):

@@ -26,6 +26,12 @@ def token_nll(
     return (nll * mask).sum(), mask.sum(), (correct & mask).sum()
 
 
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy for training: targets are already shifted, and unlike
+    token_nll nothing else (no argmax) is computed from the logits."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
 def bits_per_byte(total_nats: float, n_bytes: int) -> float:
     """Compression rate of the text: comparable across tokenizers, and with xz."""
     return total_nats / (math.log(2) * n_bytes)

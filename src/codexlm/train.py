@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from codexlm import checkpoint
 from codexlm.data import eval_batches, train_batch
-from codexlm.metrics import flops_per_token, mfu, token_nll
+from codexlm.metrics import flops_per_token, lm_loss, mfu
 
 
 @dataclass(frozen=True)
@@ -96,23 +96,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class LossModel(torch.nn.Module):
+    """The model and its loss as one module: torch.compile then fuses the loss with the
+    output projection, and DDP's hooks see a single forward."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.model(input_ids=x).logits, y)
+
+
 @torch.no_grad()
 def validation_loss(
-    model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None
+    loss_fn: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None
 ) -> float:
     """Token-weighted mean loss over the fixed validation batches."""
-    was_training = model.training
-    model.eval()
+    was_training = loss_fn.training
+    loss_fn.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     count = 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(input_ids=x).logits
-        nll, n, _ = token_nll(logits, y)
-        total += nll
-        count += int(n)
-    model.train(was_training)
+            total += loss_fn(x, y).double() * y.numel()
+        count += y.numel()
+    loss_fn.train(was_training)
     return float(total) / count
 
 
@@ -248,7 +258,7 @@ def train(
         live.log_metric("params/total", count_params(raw), plot=False)
 
     # ---- compile and wrap (after loading: the checkpoint's names are the raw model's)
-    fwd: torch.nn.Module = raw
+    fwd: torch.nn.Module = LossModel(raw)
     if compile:
         fwd = torch.compile(fwd)
     if d.world > 1:
@@ -344,9 +354,7 @@ def train(
                     with torch.autocast(
                         device.type, dtype=amp or torch.float32, enabled=amp is not None
                     ):
-                        logits = fwd(input_ids=x).logits
-                        nll, n, _ = token_nll(logits, y)
-                        loss = nll / n
+                        loss = fwd(x, y)
                     (loss / grad_accum).backward()
                 step_loss += loss.detach() / grad_accum
             norm = torch.nn.utils.clip_grad_norm_(
