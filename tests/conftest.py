@@ -108,3 +108,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for stage in ("prepare", "tokenize", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in proc.stdout
     return repo
+
+
+@pytest.fixture(scope="module")
+def corpus_dir_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dst = tmp_path_factory.mktemp("corpus") / "corpus"
+    shutil.copytree(ROOT / "src" / "codexlm", dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst

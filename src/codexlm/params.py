@@ -6,6 +6,7 @@ source of truth and a typo fails before any work with one line naming the key.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -84,6 +85,30 @@ class Model(_Block):
     @property
     def from_scratch(self) -> bool:
         return self.init == "scratch"
+
+    @model_validator(mode="after")
+    def _init_is_a_model(self) -> Model:
+        """A checkpoint to start from must exist and support the context: checked here, so
+        no stage does any work with a path that cannot be used."""
+        if self.from_scratch:
+            return self
+        config = Path(self.init) / "config.json"
+        if not Path(self.init).is_dir():
+            raise ValueError(f"model.init: {self.init!r} is not 'scratch' or a folder")
+        if not config.is_file():
+            raise ValueError(
+                f"model.init: {self.init} is not a Hugging Face model folder (no config.json)"
+            )
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ValueError(f"model.init: {config} is not valid JSON") from None
+        limit = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+        if isinstance(limit, int) and self.context > limit:
+            raise ValueError(
+                f"model.context: {self.context} exceeds what {self.init} supports ({limit})"
+            )
+        return self
 
 
 class Lora(_Block):
@@ -167,7 +192,7 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: missing key"
     msg = err["msg"].removeprefix("Value error, ")
-    if not key:  # a check across blocks names its keys itself
+    if not key or msg.startswith(f"{key}."):  # a check across fields names its keys itself
         return msg
     if "input" in err and not isinstance(err["input"], dict | list):
         msg += f" (got {err['input']!r})"
