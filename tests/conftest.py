@@ -39,6 +39,7 @@ def tiny_params(source: str) -> dict:
         eval_batches=2,
         log_every=2,
         checkpoint_every=4,
+        compile=False,
     )
     p["evaluate"].update(batch_size=8, max_new_tokens=8)
     return p

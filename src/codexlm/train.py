@@ -253,9 +253,11 @@ def train(
 
     live = open_live(log_dir, start if ckpt else None) if (d.main and log_dir) else None
     n_trainable = count_params(raw, trainable_only=True)
-    if live is not None:
+    if live is not None:  # what LoRA saves, against full fine-tuning
         live.log_metric("params/trainable", n_trainable, plot=False)
         live.log_metric("params/total", count_params(raw), plot=False)
+        optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in params)  # AdamW m, v
+        live.log_metric("params/optimizer_state_bytes", optimizer_bytes, plot=False)
 
     # ---- compile and wrap (after loading: the checkpoint's names are the raw model's)
     fwd: torch.nn.Module = LossModel(raw)
@@ -274,7 +276,7 @@ def train(
     tokens_per_step = global_batch * context
     cfg = getattr(raw, "config", None)
     flops_tok = flops_per_token(
-        n_trainable,
+        count_params(raw),
         getattr(cfg, "num_hidden_layers", 0) or 0,
         getattr(cfg, "hidden_size", 0) or 0,
         context,
@@ -307,9 +309,6 @@ def train(
     if ckpt is None:
         val_loss = validation_loss(fwd, val_data, device, amp)
         log(0, {"val/loss": val_loss})
-        if live is not None:
-            optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in params)
-            live.log_metric("params/optimizer_state_bytes", optimizer_bytes, plot=False)
 
     stop = StopFlag()
     zero = torch.zeros((), device=device)
