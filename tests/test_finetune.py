@@ -157,3 +157,25 @@ def test_lora_on_scratch_is_a_param_error(repo: Path) -> None:
     proc = run(["dvc", "repro"], repo, check=False)
     assert proc.returncode != 0
     assert "lora.enabled" in proc.stderr + proc.stdout
+
+
+def test_changed_base_model_reruns_its_readers(lora_runs, tmp_path) -> None:
+    """model.init is a dvc.yaml dependency: new files in the base folder rerun the stages
+    that read it (and nothing upstream)."""
+    import yaml
+
+    base_src, repo_src, _ = lora_runs["llama"]
+    base = tmp_path / "base"
+    shutil.copytree(base_src, base)
+    repo = tmp_path / "repo"
+    shutil.copytree(repo_src, repo, ignore=shutil.ignore_patterns("cache", "tmp"))
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["model"]["init"] = str(base)
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run(["dvc", "commit", "-f", "-q"], repo)  # record the copy as what the outputs came from
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    (base / "NOTES.md").write_text("a changed checkpoint\n")
+    status = run(["dvc", "status", "--json"], repo).stdout
+    changed = set(json.loads(status))
+    assert {"tokenize", "train", "evaluate", "export"} <= changed
+    assert "prepare" not in changed
