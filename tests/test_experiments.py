@@ -29,6 +29,9 @@ def exp_repo(tmp_path_factory: pytest.TempPathFactory, corpus_dir_module: Path) 
 
 @pytest.mark.parametrize("spelling", ["3e-4", "0.0003", "3.0e-4"])
 def test_lr_spellings_train_with_the_same_lr(exp_repo: Path, spelling: str) -> None:
+    # back to the baseline (lr 3e-3): DVC compares values, and 3e-4 == 0.0003 would not rerun
+    run(["git", "checkout", "--", "."], exp_repo)
+    run(["dvc", "checkout", "-q"], exp_repo)
     proc = run(["dvc", "exp", "run", "train", "-S", f"train.lr={spelling}"], exp_repo)
     assert "Running stage 'train'" in proc.stdout
     # a train param never reruns the data stages

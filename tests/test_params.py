@@ -194,12 +194,15 @@ def test_d_model_divisible_by_heads_is_fine() -> None:
     assert params.parse(raw).model.d_model == 96
 
 
-def test_lora_needs_a_pretrained_model() -> None:
+def test_lora_needs_a_pretrained_model(tmp_path: Path) -> None:
     raw = with_value("lora.enabled", True)
     raw["model"]["init"] = "scratch"
     msg = error_of(raw)
     assert "lora.enabled" in msg and "model.init" in msg
-    raw["model"]["init"] = "models/base"
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 512}')
+    raw["model"]["init"] = str(base)
     assert params.parse(raw).lora.enabled
 
 
