@@ -19,6 +19,9 @@ VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs on two pytest-xdist workers: one thread each, or they thrash the two cores
+# (the tiny test models gain nothing from more). Inherited by every stage subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def default_params() -> dict:

@@ -27,12 +27,15 @@ def exp_repo(tmp_path_factory: pytest.TempPathFactory, corpus_dir_module: Path) 
     return repo
 
 
-@pytest.mark.parametrize("spelling", ["3e-4", "0.0003", "3.0e-4"])
-def test_lr_spellings_train_with_the_same_lr(exp_repo: Path, spelling: str) -> None:
-    # back to the baseline (lr 3e-3): DVC compares values, and 3e-4 == 0.0003 would not rerun
+@pytest.mark.parametrize(("spelling", "seed"), [("3e-4", 11), ("0.0003", 12), ("3.0e-4", 13)])
+def test_lr_spellings_train_with_the_same_lr(exp_repo: Path, spelling: str, seed: int) -> None:
+    # back to the baseline (lr 3e-3); a distinct seed per spelling, or DVC's run-cache would
+    # restore the first run's outputs for the equal value instead of training
     run(["git", "checkout", "--", "."], exp_repo)
     run(["dvc", "checkout", "-q"], exp_repo)
-    proc = run(["dvc", "exp", "run", "train", "-S", f"train.lr={spelling}"], exp_repo)
+    proc = run(
+        ["dvc", "exp", "run", "train", "-S", f"train.lr={spelling}", "-S", f"seed={seed}"], exp_repo
+    )
     assert "Running stage 'train'" in proc.stdout
     # a train param never reruns the data stages
     assert "Running stage 'prepare'" not in proc.stdout

@@ -133,7 +133,7 @@ def _read_table(path: Path, column: str) -> Iterator[Raw]:
     """Rows of a .csv or .parquet file, streamed in record batches."""
     try:
         if path.suffix == ".parquet":
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group alive
             if column not in pf.schema_arrow.names:
                 raise UserError(
                     f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)}); "
@@ -324,6 +324,6 @@ def prepare(
 
 def read_texts(path: Path, batch_size: int = 256) -> Iterator[list[str]]:
     """Stream a prepared split's texts in batches."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group alive
     for batch in pf.iter_batches(columns=["text"], batch_size=batch_size):
         yield batch.column("text").to_pylist()
