@@ -1,7 +1,7 @@
 """train: data/tokens + models/tokenizer -> models/trained/, models/checkpoints/, reports/train/
 
-With train.nproc > 1 the stage re-launches itself under torchrun (DDP); rank 0 alone logs,
-checkpoints and writes models/trained.
+With train.nproc > 1 the stage re-launches itself under torchrun (DDP, or FSDP with
+train.strategy: fsdp); rank 0 alone logs, checkpoints and writes models/trained.
 """
 
 import json
@@ -14,6 +14,7 @@ import torch
 from codexlm import checkpoint, params
 from codexlm.data import load_tokens
 from codexlm.errors import UserError, run_stage
+from codexlm.parallel import gathered
 from codexlm.model import apply_lora, build_model, context_limit, load_model, save_model
 from codexlm.train import Interrupted, NonFiniteError, init_distributed, train
 
@@ -130,6 +131,7 @@ def main() -> None:
             run_fingerprint=run_fingerprint(p, meta),
             log_dir=Path("reports/train"),
             dist_info=d,
+            strategy=t.strategy,
         )
     except Interrupted as e:
         print(f"train: {e}", file=sys.stderr)
@@ -137,8 +139,9 @@ def main() -> None:
     except NonFiniteError as e:
         print(f"error: train: {e}", file=sys.stderr)
         sys.exit(1)
-    if d.main:
-        save_model(model, TOKENIZER, Path("models/trained"))
+    trained = gathered(model, t.strategy, d.main)  # unsharded, on rank 0
+    if trained is not None:
+        save_model(trained, TOKENIZER, Path("models/trained"))
         print(f"train: done, val loss {summary['val_loss']:.4f}, {summary['tokens_seen']:,} tokens")
     if d.world > 1:
         torch.distributed.barrier()  # the others wait until rank 0 has written the outputs

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from codexlm import checkpoint
+from codexlm import loss as loss_mod
 from codexlm import train as train_mod
 from codexlm.model import build_model
 
@@ -202,12 +203,12 @@ def test_final_best_uses_best_checkpoint(tmp_path, tokens) -> None:
 
 def test_non_finite_steps_are_skipped_then_fail(tmp_path, tokens, monkeypatch) -> None:
     """A NaN gradient makes no update; max_bad_steps in a row stop the run with a message."""
-    real = train_mod.lm_loss
+    real = loss_mod.linear_cross_entropy
 
-    def nan_loss(logits, y):
-        return real(logits, y) * float("nan")
+    def nan_loss(*args):
+        return real(*args) * float("nan")
 
-    monkeypatch.setattr(train_mod, "lm_loss", nan_loss)
+    monkeypatch.setattr(loss_mod, "linear_cross_entropy", nan_loss)
     model = new_model()
     before = weights(model)
     with pytest.raises(train_mod.NonFiniteError, match="3 consecutive steps"):

@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo): 2 processes with half the batch each follow the 1-process run."""
+"""DDP and FSDP on CPU (gloo): 2 processes with half the batch each follow the 1-process run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import run
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -20,21 +22,57 @@ def history(repo: Path, name: str) -> dict[int, float]:
     return {int(r["step"]): float(r[col]) for r in rows}
 
 
-def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "ddp"
+def two_process_copy(built: Path, dst: Path, strategy: str) -> Path:
+    """The built tiny repo without training outputs, set to train on two processes."""
     shutil.copytree(
-        built, repo, ignore=shutil.ignore_patterns("checkpoints", "reports", "cache", "tmp")
+        built, dst, ignore=shutil.ignore_patterns("checkpoints", "reports", "cache", "tmp")
     )
-    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p = yaml.safe_load((dst / "params.yaml").read_text())
     assert p["train"]["nproc"] == 1 and p["train"]["grad_accum"] == 1
     # the same global batch (batch_size x grad_accum x nproc), split over two processes
-    p["train"].update(nproc=2, batch_size=p["train"]["batch_size"] // 2)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = run(["python", "stages/train.py"], repo)
-    assert "starting from step 0" in proc.stdout
+    p["train"].update(nproc=2, batch_size=p["train"]["batch_size"] // 2, strategy=strategy)
+    (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    return dst
 
+
+def assert_same_curves(one: Path, two: Path) -> None:
     for name in ("train/loss", "val/loss", "grad_norm"):
-        one, two = history(built, name), history(repo, name)
-        assert one.keys() == two.keys(), name
-        for step in one:
-            assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (name, step)
+        a, b = history(one, name), history(two, name)
+        assert a.keys() == b.keys(), name
+        for step in a:
+            assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), (name, step)
+
+
+def trained_weights(repo: Path) -> dict[str, torch.Tensor]:
+    return load_file(repo / "models/trained/model.safetensors")
+
+
+def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
+    repo = two_process_copy(built, tmp_path / "ddp", "ddp")
+    proc = run(["python", "stages/train.py"], repo)
+    assert "starting from step 0" in proc.stdout and "2 processes, ddp" in proc.stdout
+    assert_same_curves(built, repo)
+
+
+def test_fsdp_matches_one_process_and_resumes(built: Path, tmp_path: Path) -> None:
+    """FSDP shards weights, gradients and AdamW state over the two ranks: the same curves
+    as one process, a trained model saved unsharded, and checkpoints that resume."""
+    repo = two_process_copy(built, tmp_path / "fsdp", "fsdp")
+    proc = run(["python", "stages/train.py"], repo)
+    assert "starting from step 0" in proc.stdout and "2 processes, fsdp" in proc.stdout
+    assert_same_curves(built, repo)
+    ours, single = trained_weights(repo), trained_weights(built)
+    assert ours.keys() == single.keys()
+    for name, w in single.items():
+        assert torch.allclose(ours[name], w, atol=1e-5), name
+
+    # lose the last checkpoint and the model: the rerun resumes from step 4 (sharded load of
+    # full weights and optimizer state) and ends where the uninterrupted run ended
+    ckpts = repo / "models/checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000004", "step-00000008"]
+    shutil.rmtree(ckpts / "step-00000008")
+    shutil.rmtree(repo / "models/trained")
+    proc = run(["python", "stages/train.py"], repo)
+    assert "resuming from" in proc.stdout and "(step 4 of 8)" in proc.stdout
+    for name, w in trained_weights(repo).items():
+        assert torch.allclose(w, ours[name], atol=1e-6), name

@@ -206,6 +206,30 @@ def test_lora_needs_a_pretrained_model(tmp_path: Path) -> None:
     assert params.parse(raw).lora.enabled
 
 
+def test_fsdp_needs_several_processes() -> None:
+    raw = with_value("train.strategy", "fsdp")
+    msg = error_of(raw)
+    assert msg.startswith("params.yaml: train.strategy: ") and "train.nproc >= 2" in msg
+    raw["train"]["nproc"] = 2
+    assert params.parse(raw).train.strategy == "fsdp"
+
+
+def test_fsdp_with_lora_is_refused(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 512}')
+    raw = with_value("lora.enabled", True)
+    raw["model"]["init"] = str(base)
+    raw["train"].update(strategy="fsdp", nproc=2)
+    msg = error_of(raw)
+    assert "train.strategy" in msg and "lora.enabled" in msg and "ddp" in msg
+
+
+def test_unknown_strategy_is_named() -> None:
+    msg = error_of(with_value("train.strategy", "deepspeed"))
+    assert "train.strategy" in msg and "deepspeed" in msg
+
+
 def test_several_errors_in_one_line() -> None:
     raw = with_value("train.steps", 0)
     raw["model"]["n_layer"] = "four"

@@ -141,6 +141,16 @@ class Train(_Block):
     final: Literal["last", "best"]
     max_bad_steps: int = PositiveInt
     nproc: int = PositiveInt
+    strategy: Literal["ddp", "fsdp"]
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self) -> Train:
+        if self.strategy == "fsdp" and self.nproc < 2:
+            raise ValueError(
+                "train.strategy: fsdp shards the model over processes; set train.nproc >= 2 "
+                f"(got {self.nproc})"
+            )
+        return self
 
     @field_validator("min_lr")
     @classmethod
@@ -180,6 +190,11 @@ class Params(_Block):
         if self.lora.enabled and self.model.from_scratch:
             raise ValueError(
                 "lora.enabled: LoRA adapts a pretrained model; set model.init to its folder"
+            )
+        if self.lora.enabled and self.train.strategy == "fsdp":
+            raise ValueError(
+                "train.strategy: fsdp with lora.enabled is not supported (a frozen base "
+                "with small adapters is what DDP is for); use train.strategy: ddp"
             )
         return self
 

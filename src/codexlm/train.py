@@ -8,11 +8,12 @@ without the host having to look at it.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from codexlm import checkpoint
+from codexlm import checkpoint, parallel
 from codexlm.data import eval_batches, train_batch
-from codexlm.metrics import flops_per_token, lm_loss, mfu
+from codexlm.loss import CausalLMLoss
+from codexlm.metrics import flops_per_token, mfu
+from codexlm.parallel import weights_finite
 
 
 @dataclass(frozen=True)
@@ -96,16 +99,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class LossModel(torch.nn.Module):
-    """The model and its loss as one module: torch.compile then fuses the loss with the
-    output projection, and DDP's hooks see a single forward."""
+def device_batches(
+    tokens: np.ndarray,
+    seed: int,
+    start: int,
+    steps: int,
+    batch_size: int,
+    grad_accum: int,
+    context: int,
+    d: Dist,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's micro-batches of steps start..steps-1, in order, one ahead of the loop.
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    Each batch is a pure function of (seed, step, micro-step, rank), so prefetching changes
+    nothing a resume could see. On CUDA the next batch goes through pinned memory with an
+    asynchronous copy, queued before the current one's kernels are waited on.
+    """
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.model(input_ids=x).logits, y)
+    def fetch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = train_batch(
+            tokens, seed, step, micro, batch_size, grad_accum, context, d.rank, d.world
+        )
+        if d.device.type != "cuda":
+            return x, y
+        return (
+            x.pin_memory().to(d.device, non_blocking=True),
+            y.pin_memory().to(d.device, non_blocking=True),
+        )
+
+    pending = None
+    for step, micro in itertools.product(range(start, steps), range(grad_accum)):
+        ready, pending = pending, fetch(step, micro)
+        if ready is not None:
+            yield ready
+    if pending is not None:
+        yield pending
 
 
 @torch.no_grad()
@@ -168,15 +196,6 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores: the trainable parameters (only the adapters under LoRA)."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def weights_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
 def train(
     model: torch.nn.Module,
     *,
@@ -207,8 +226,14 @@ def train(
     run_fingerprint: str,
     log_dir: Path | None,
     dist_info: Dist = Dist(),
+    strategy: str = "ddp",
 ) -> dict[str, Any]:
-    """Train `model` in place; return a summary. Rank 0 alone logs and checkpoints."""
+    """Train `model` in place; return a summary. Rank 0 alone logs and checkpoints.
+
+    With several processes, `strategy` "ddp" replicates the model and "fsdp" shards it
+    (codexlm.parallel); under "fsdp" `model` is left sharded: `parallel.gathered` unshards
+    it for saving.
+    """
     from codexlm.live import open_live
     from codexlm.model import count_params
 
@@ -221,8 +246,13 @@ def train(
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    fsdp = strategy == "fsdp" and d.world > 1
+    fwd: torch.nn.Module = CausalLMLoss(raw)
+    if fsdp:  # sharding turns parameters into DTensors: before the optimizer sees them
+        parallel.shard(fwd, raw, compile)
     opt = build_optimizer(raw, lr, weight_decay, betas)
     params = [p for p in raw.parameters() if p.requires_grad]
+    mode = "fsdp" if fsdp else "ddp"
 
     # ---- resume
     start, tokens_seen, val_loss = 0, 0, None
@@ -239,17 +269,18 @@ def train(
             ckpt = checkpoint.Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
     if ckpt is not None:
         weights, opt_state, rng = checkpoint.load(ckpt, device)
-        missing = set(trainable_state(raw)) - set(weights)
+        missing = set(parallel.trainable_names(raw)) - set(weights)
         if missing:
             raise checkpoint.CheckpointError(f"{ckpt.path}: lacks weights {sorted(missing)[:3]}")
-        raw.load_state_dict(weights, strict=False)
-        opt.load_state_dict(opt_state)
+        parallel.load_state(raw, opt, weights, opt_state, mode)
         checkpoint.set_rng_state(ckpt.state["rng"], rng)
         start, tokens_seen, val_loss = ckpt.step, ckpt.state["tokens_seen"], ckpt.state["val_loss"]
         if d.main:
             print(f"train: resuming from {ckpt.path} (step {start} of {steps})")
     elif d.main:
         print(f"train: starting from step 0 of {steps}")
+    if d.main and d.world > 1:
+        print(f"train: {d.world} processes, {mode}")
 
     live = open_live(log_dir, start if ckpt else None) if (d.main and log_dir) else None
     n_trainable = count_params(raw, trainable_only=True)
@@ -260,10 +291,9 @@ def train(
         live.log_metric("params/optimizer_state_bytes", optimizer_bytes, plot=False)
 
     # ---- compile and wrap (after loading: the checkpoint's names are the raw model's)
-    fwd: torch.nn.Module = LossModel(raw)
-    if compile:
+    if compile and not fsdp:
         fwd = torch.compile(fwd)
-    if d.world > 1:
+    if d.world > 1 and not fsdp:
         fwd = torch.nn.parallel.DistributedDataParallel(
             fwd, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -292,14 +322,16 @@ def train(
         live.make_summary()
 
     def save_checkpoint(step: int) -> None:
-        if not weights_finite(raw):
+        if not weights_finite(raw, mode, d.world):
             raise NonFiniteError(f"non-finite weights at step {step}: checkpoint not written")
+        weights = parallel.model_state(raw, mode)  # under FSDP: collectives, on every rank
+        opt_state = parallel.optimizer_state(raw, opt, mode)
         if d.main:
             checkpoint.save(
                 ckpt_dir,
                 step,
-                trainable_state(raw),
-                opt.state_dict(),
+                weights,
+                opt_state,
                 {"tokens_seen": tokens_seen, "val_loss": val_loss, "fingerprint": run_fingerprint},
             )
             checkpoint.prune(ckpt_dir, keep_checkpoints)
@@ -321,6 +353,7 @@ def train(
     )
     norm_acc = zero.clone()
     t_last, tokens_last = time.perf_counter(), tokens_seen
+    batches = device_batches(train_tokens, seed, start, steps, batch_size, grad_accum, context, d)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not d.main)
     try:
         for step in range(start, steps):
@@ -329,35 +362,18 @@ def train(
                 g["lr"] = step_lr
             step_loss = zero.clone()
             for micro in range(grad_accum):
-                x, y = train_batch(
-                    train_tokens,
-                    seed,
-                    step,
-                    micro,
-                    batch_size,
-                    grad_accum,
-                    context,
-                    d.rank,
-                    d.world,
-                )
-                if device.type == "cuda":
-                    # pinned memory makes the host-to-device copy asynchronous
-                    x, y = (
-                        x.pin_memory().to(device, non_blocking=True),
-                        y.pin_memory().to(device, non_blocking=True),
-                    )
+                x, y = next(batches)
                 last_micro = micro == grad_accum - 1
-                # DDP all-reduces gradients on the last micro-step only
-                sync = contextlib.nullcontext() if (d.world == 1 or last_micro) else fwd.no_sync()
-                with sync:
+                # DDP and FSDP reduce gradients on the last micro-step only
+                with parallel.grad_sync(fwd, mode, d.world, last_micro):
                     with torch.autocast(
                         device.type, dtype=amp or torch.float32, enabled=amp is not None
                     ):
                         loss = fwd(x, y)
                     (loss / grad_accum).backward()
                 step_loss += loss.detach() / grad_accum
-            norm = torch.nn.utils.clip_grad_norm_(
-                params, grad_clip if grad_clip > 0 else float("inf")
+            norm = parallel.local(  # a replicated DTensor under FSDP
+                torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
             )
             bad = ~torch.isfinite(norm)
             opt.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
@@ -424,14 +440,23 @@ def train(
         bar.close()
         stop.restore()
 
-    if final == "best" and d.main:
-        best = checkpoint.best(ckpt_dir)
+    if final == "best":
+        best = checkpoint.best(ckpt_dir) if d.main else None
+        if d.world > 1:  # every rank loads it (under FSDP each keeps its shard)
+            box = [str(best.path) if best else None]
+            dist.broadcast_object_list(box, src=0)
+            best = (
+                checkpoint.Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
+                if box[0]
+                else None
+            )
         if best is not None:
             weights, _, _ = checkpoint.load(best, device)
-            raw.load_state_dict(weights, strict=False)
+            parallel.load_state(raw, None, weights, None, mode)
             val_loss = best.state["val_loss"]
-            print(f"train: final weights from {best.path} (val loss {val_loss:.4f})")
-    if not weights_finite(raw):
+            if d.main:
+                print(f"train: final weights from {best.path} (val loss {val_loss:.4f})")
+    if not weights_finite(raw, mode, d.world):
         raise NonFiniteError("non-finite weights after training: models/trained not written")
     summary = {
         "step": steps,

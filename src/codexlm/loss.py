@@ -1,0 +1,126 @@
+"""The training loss of a causal LM without its full logits: a chunked linear cross-entropy.
+
+At GPT-2's vocabulary (50k) and a batch of 32 x 1024 tokens, fp32 logits take 6.6 GB, and
+autograd keeps them and their softmax for the backward. Here the output projection and the
+cross-entropy run together over chunks of tokens: each chunk's gradients (for the hidden
+states and the head's weight) are computed in the forward, as Liger Kernel's fused linear
+cross-entropy does, and its logits are dropped at once; the backward only scales them.
+Only one chunk of logits exists at any time.
+
+Targets are already shifted (`targets[:, t]` is the token after `inputs[:, t]`): the data
+windows are built that way (codexlm.data), so no position ever scores its own input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from codexlm.metrics import lm_loss
+
+# Logits per chunk: 2**26 fp32 values are 256 MB. At vocab 4096 that is 16k tokens, so the
+# CPU default (4096 tokens a micro-batch) runs in one chunk; at 50k it is 1280 tokens.
+CHUNK_ELEMENTS = 2**26
+
+# Model types whose causal-LM forward is exactly `lm_head(trunk(x))`: no logit scaling or
+# soft-capping that computing the head here would skip. Others use the full logits.
+PLAIN_HEAD_TYPES = frozenset({"llama", "gpt2", "mistral", "qwen2", "qwen3"})
+
+
+def chunk_tokens(vocab: int, budget: int = CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk: within `budget` logits, a multiple of 128 rows for the matmul."""
+    return max(128, budget // vocab // 128 * 128)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(hidden_i @ weight.T, target_i), its gradients computed chunk by chunk."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        n = hidden.shape[0]
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        # fp32 accumulation across chunks, whatever the matmuls' (autocast) dtype
+        grad_weight = (
+            torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        )
+        for i in range(0, n, chunk):
+            h, t = hidden[i : i + chunk], targets[i : i + chunk]
+            logits = (h @ weight.t()).float()  # the autocast dtype under bf16, then fp32
+            logp = torch.log_softmax(logits, dim=-1)
+            del logits
+            total -= logp.gather(1, t[:, None]).sum()
+            # d(mean CE)/d(logits) = (softmax - one_hot) / n, in place of the log-probabilities
+            grad = logp.exp_()
+            grad.scatter_add_(1, t[:, None], torch.full_like(grad[:, :1], -1.0))
+            grad.div_(n)
+            if not torch.is_autocast_enabled(h.device.type):
+                grad = grad.to(weight.dtype)  # under autocast the matmuls pick their dtype
+            grad_hidden[i : i + chunk] = grad @ weight
+            if grad_weight is not None:
+                grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        dw = None if grad_weight is None else (grad_weight * grad_out).to(ctx.weight_dtype)
+        return grad_hidden * grad_out.to(grad_hidden.dtype), dw, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, in chunks of `chunk` rows.
+
+    hidden: (N, D); weight: (V, D); targets: (N,). Without grad mode (validation) the
+    gradient work is skipped and each chunk is a plain cross-entropy.
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    for i in range(0, hidden.shape[0], chunk):
+        logits = (hidden[i : i + chunk] @ weight.t()).float()
+        total += F.cross_entropy(logits, targets[i : i + chunk], reduction="sum")
+    return total / hidden.shape[0]
+
+
+def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """The transformer trunk and its output projection, when the loss may compute the head
+    itself: a known model type whose head is a bias-free nn.Linear (not LoRA-wrapped)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    config = getattr(hf, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    head = hf.get_output_embeddings()
+    trunk = getattr(hf, "base_model", hf)
+    if type(head) is not torch.nn.Linear or head.bias is not None or trunk is hf:
+        return None
+    return trunk, head
+
+
+class CausalLMLoss(torch.nn.Module):
+    """The model and its training loss as one module (so torch.compile fuses them and DDP
+    sees one forward): chunked linear cross-entropy where the head allows, else the
+    cross-entropy of the model's full logits."""
+
+    def __init__(self, model: torch.nn.Module, chunked: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        parts = split_head(model) if chunked else None
+        self.chunked = parts is not None
+        if parts is not None:
+            self.trunk, self.head = parts
+            self.chunk = chunk_tokens(self.head.weight.shape[0])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.chunked:
+            return lm_loss(self.model(input_ids=x, use_cache=False).logits, y)
+        hidden = self.trunk(input_ids=x, use_cache=False).last_hidden_state
+        return linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, y.flatten(), self.chunk)
