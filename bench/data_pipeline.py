@@ -20,8 +20,8 @@ its own, calling the library as the stages do:
 - prepare: `codexlm.corpus.prepare` with params.yaml's data.* settings, but scrub_secrets off
   (detect-secrets runs well under 1 MB/s per core; its throughput is measured on its own, on
   the first --scrub-mb of the corpus, with scrub_secrets on).
-- bpe: `codexlm.tokenizer.train_bpe` on the train split (all of it, as the tokenize stage
-  does, or its first --bpe-mb), vocab 4096, then saved.
+- bpe: `codexlm.tokenizer.train_bpe` on the train split, sampled as the tokenize stage
+  does (evenly spaced documents up to tokenizer.max_train_mb, or --bpe-mb), vocab 4096.
 - encode: `codexlm.tokenizer.encode_split` of every split with that tokenizer. bpe + encode is
   what `codexlm.tokenizer.tokenize` does; split in two, the part that must stream (encoding)
   is measured apart from training the tokenizer, whose memory grows with distinct words.
@@ -176,29 +176,30 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_bpe(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+
     from codexlm import params
     from codexlm.corpus import read_texts
-    from codexlm.tokenizer import train_bpe
+    from codexlm.tokenizer import evenly_spaced, train_bpe
 
-    cap = int(args.bpe_mb * MB) if args.bpe_mb else None
+    p = params.load(args.params)
+    cap = int((args.bpe_mb or p.tokenizer.max_train_mb) * MB)
+    total = json.loads((args.prepared / "stats.json").read_text())["bytes"]["train"]
     seen = {"bytes": 0, "documents": 0}
 
-    def texts() -> Iterator[str]:
-        for batch in read_texts(args.prepared / "train.parquet"):
-            for t in batch:
-                if cap is not None and seen["bytes"] >= cap:
-                    return
-                seen["bytes"] += len(t.encode("utf-8"))
-                seen["documents"] += 1
-                yield t
+    def texts() -> Iterator[str]:  # the tokenize stage's sample, counted
+        for t in evenly_spaced(read_texts(args.prepared / "train.parquet"), total, cap):
+            seen["bytes"] += len(t.encode("utf-8"))
+            seen["documents"] += 1
+            yield t
 
-    tok = train_bpe(texts(), VOCAB, params.load(args.params).tokenizer.min_frequency)
+    tok = train_bpe(texts(), VOCAB, p.tokenizer.min_frequency)
     tok.save_pretrained(args.tok_dir)
     return {"text_bytes": seen["bytes"], "documents": seen["documents"], "vocab": len(tok)}
 
 
 class _TimedBackend:
-    """Proxy of a `tokenizers.Tokenizer` that times encode_batch (the Rayon-parallel part)."""
+    """Proxy of a `tokenizers.Tokenizer` that times encode_batch_fast (the Rayon-parallel part)."""
 
     totals: ClassVar[dict[str, float]] = {"wall_s": 0.0, "cpu_s": 0.0, "calls": 0}
 
@@ -211,10 +212,10 @@ class _TimedBackend:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._inner, name, value)
 
-    def encode_batch(self, *args: Any, **kwargs: Any) -> Any:
+    def encode_batch_fast(self, *args: Any, **kwargs: Any) -> Any:
         t, c = time.perf_counter(), time.process_time()
         try:
-            return self._inner.encode_batch(*args, **kwargs)
+            return self._inner.encode_batch_fast(*args, **kwargs)
         finally:
             self.totals["wall_s"] += time.perf_counter() - t
             self.totals["cpu_s"] += time.process_time() - c
@@ -361,7 +362,10 @@ def main() -> None:
         "--scrub-mb", type=float, default=20, help="slice prepared with scrub_secrets (0: skip)"
     )
     ap.add_argument(
-        "--bpe-mb", type=float, default=0, help="train BPE on this much of train (0: all of it)"
+        "--bpe-mb",
+        type=float,
+        default=0,
+        help="BPE sample cap, MB (0: tokenizer.max_train_mb, as the tokenize stage)",
     )
     ap.add_argument("--format", choices=["jsonl", "py"], default="jsonl", help="corpus layout")
     ap.add_argument("--seed", type=int, default=1337)
@@ -481,7 +485,7 @@ def main() -> None:
     for size in (small, large):
         e = runs[f"encode_{size}"]
         print(
-            f"encode {size}: {e['cores']:.2f} cores over the run; encode_batch (Rayon) "
+            f"encode {size}: {e['cores']:.2f} cores over the run; encode_batch_fast (Rayon) "
             f"{e['encode_batch_wall_s']:.1f} s of {e['wall_s']:.1f} s at "
             f"{e['encode_batch_cores']:.2f} cores, the rest is single-threaded Python"
         )

@@ -16,8 +16,8 @@ end of step `warmup + steps` (on CUDA after a device synchronize at both ends: o
 syncs per step, so the host clock alone would run ahead of the GPU), i.e. batch construction,
 forward, loss, backward, clipping and the optimizer step of `steps` steps, and whatever each
 loop does between them (our loop logs every train.log_every steps, as the train stage does;
-that time is measured and reported). Tokens per step are batch x context for both. A figure is never estimated: a variant that fails is left out
-of the ratio and its reason printed.
+that time is measured and reported). Tokens per step are batch x context for both. A figure
+is never estimated: a variant that fails is left out of the ratio and its reason printed.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ def main() -> None:
         min_frequency=p.tokenizer.min_frequency,
         tok_dir=Path("models/tokenizer"),
         out_dir=Path("data/tokens"),
+        max_train_bytes=int(p.tokenizer.max_train_mb * 1_000_000),
     )
     print(
         f"tokenize: vocab {meta['vocab_size']}, tokens {meta['tokens']}, "

@@ -14,8 +14,8 @@ import torch
 from codexlm import checkpoint, params
 from codexlm.data import load_tokens
 from codexlm.errors import UserError, run_stage
-from codexlm.parallel import gathered
 from codexlm.model import apply_lora, build_model, context_limit, load_model, save_model
+from codexlm.parallel import gathered
 from codexlm.train import Interrupted, NonFiniteError, init_distributed, train
 
 TOKENS = Path("data/tokens")

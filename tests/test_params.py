@@ -157,6 +157,7 @@ def test_wrong_type_is_named(key: str, value: object) -> None:
         ("data.val_fraction", 0.0),
         ("data.test_fraction", 0.5),
         ("tokenizer.vocab_size", 100),
+        ("tokenizer.max_train_mb", 0),
         ("model.context", 4),
         ("model.dropout", 1.0),
         ("seed", -1),

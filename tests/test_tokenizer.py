@@ -15,7 +15,15 @@ from transformers import AutoTokenizer
 
 from codexlm.corpus import SPLITS, prepare
 from codexlm.errors import UserError
-from codexlm.tokenizer import EOT, PAD, load_pretrained, token_dtype, tokenize, train_bpe
+from codexlm.tokenizer import (
+    EOT,
+    PAD,
+    evenly_spaced,
+    load_pretrained,
+    token_dtype,
+    tokenize,
+    train_bpe,
+)
 
 TRICKY = [
     "def f(x):\r\n\treturn x\r\n",
@@ -183,6 +191,46 @@ def test_tokenizer_is_trained_on_train_only(built: Path, tmp_path: Path) -> None
     assert (tmp_path / "tokenizer" / "tokenizer.json").read_bytes() == (
         built / "tokenizer" / "tokenizer.json"
     ).read_bytes()
+
+
+def test_evenly_spaced_sample() -> None:
+    batches = [[f"doc{i:02d}....." for i in range(j, j + 5)] for j in (0, 5)]  # 10 x 10 bytes
+    assert list(evenly_spaced(iter(batches), 100, 30)) == ["doc00.....", "doc04.....", "doc08....."]
+    assert len(list(evenly_spaced(iter(batches), 100, 100))) == 10  # small enough: everything
+    assert len(list(evenly_spaced(iter(batches), 100, 10**9))) == 10
+
+
+def test_bpe_sample_cap_samples_training_not_encoding(built: Path, tmp_path: Path) -> None:
+    """Above max_train_bytes the tokenizer learns from a sample; every split is still
+    encoded whole, and a cap above the split's size changes nothing."""
+    full = meta_of(built)
+    big = tokenize(
+        built / "prepared",
+        "scratch",
+        300,
+        2,
+        tmp_path / "tok1",
+        tmp_path / "t1",
+        max_train_bytes=10**9,
+    )
+    assert (tmp_path / "tok1" / "tokenizer.json").read_bytes() == (
+        built / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
+    assert big["sha256"] == full["sha256"]
+    small = tokenize(
+        built / "prepared",
+        "scratch",
+        300,
+        2,
+        tmp_path / "tok2",
+        tmp_path / "t2",
+        max_train_bytes=full["bytes"]["train"] // 4,
+    )
+    assert (tmp_path / "tok2" / "tokenizer.json").read_bytes() != (
+        built / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
+    assert small["bytes"] == full["bytes"]  # encoding read every document
+    assert small["tokens"]["train"] > full["tokens"]["train"]  # learnt from less text
 
 
 def test_pretrained_init_reuses_its_tokenizer(built: Path, tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ class Data(_Block):
 class Tokenizer(_Block):
     vocab_size: int = Field(ge=260, le=1_000_000)
     min_frequency: int = Field(ge=1)
+    max_train_mb: float = Field(gt=0)
 
 
 class Model(_Block):
