@@ -73,6 +73,12 @@ def main() -> None:
     if t.nproc > 1 and "LOCAL_RANK" not in os.environ:
         args = ["--standalone", f"--nproc_per_node={t.nproc}", __file__]
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run", *args])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != t.nproc:  # a torchrun started by hand (several nodes) must agree with params
+        raise UserError(
+            f"train.nproc: {t.nproc}, but torchrun started {world} processes in all; set it "
+            "to the total (it sets the global batch, which checkpoints are matched on)"
+        )
     meta = json.loads((TOKENS / "meta.json").read_text())
     check(p, meta)
     d = init_distributed()

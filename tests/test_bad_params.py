@@ -70,3 +70,16 @@ def test_context_longer_than_the_data(tmp_path) -> None:
     code, line = stage(tmp_path, "train", p)
     assert code == 2 and "model.context" in line and "train split has 50" in line
     assert not (tmp_path / "models").exists() and not (tmp_path / "reports").exists()
+
+
+def test_nproc_must_match_a_hand_started_torchrun(tmp_path, monkeypatch) -> None:
+    """Under a torchrun started by hand (several nodes), train.nproc must be the total
+    process count: it sets the global batch that checkpoints are matched on."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    p = default_params()
+    p["train"]["nproc"] = 8
+    code, line = stage(tmp_path, "train", p)
+    assert code == 2 and "train.nproc: 8" in line and "16 processes" in line
+    assert not (tmp_path / "models").exists() and not (tmp_path / "reports").exists()

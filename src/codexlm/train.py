@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -180,7 +181,7 @@ class NonFiniteError(Exception):
 
 
 def system_metrics(device: torch.device) -> dict[str, float]:
-    """CPU and memory use (and GPU memory on CUDA) at a log step.
+    """CPU and memory use (GPU memory and utilisation on CUDA) at a log step.
 
     DVCLive's monitor_system is not used: its thread logs wall-clock timestamps at its own
     steps and fails with a traceback on machines without NVML.
@@ -193,7 +194,20 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     }
     if device.type == "cuda":
         out["system/gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        try:  # through NVML (the nvidia-ml-py package), which not every image has
+            out["system/gpu_util_percent"] = float(torch.cuda.utilization(device))
+        except (ImportError, RuntimeError) as e:
+            _warn_once(f"train: GPU utilisation not logged ({type(e).__name__}: {e})")
     return out
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr)
 
 
 def train(
