@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from codexlm import params as codexlm_params
 from codexlm import train as codexlm_train
 from codexlm.metrics import flops_per_token, mfu, peak_flops
 from codexlm.model import build_model, count_params, padded_vocab
@@ -366,7 +365,37 @@ def guarded(run: Callable[[], dict[str, float]], compile: bool) -> dict[str, flo
         torch._dynamo.reset()  # each compiled variant starts from a cold cache
 
 
-def setup_from(args: argparse.Namespace, p: codexlm_params.Params) -> Setup:
+def load_params(path: Path) -> Any:
+    """params.yaml, validated by codexlm.params where pydantic is installed.
+
+    GPU images may lack pydantic (the H200 image of this project's device machines does):
+    there the file is read as plain YAML, which is enough for the few values read here.
+    """
+    try:
+        from codexlm import params as codexlm_params
+    except ImportError as e:
+        import types
+
+        import yaml
+
+        print(f"params: {e}; {path} read without validation", file=sys.stderr)
+
+        def ns(node: Any) -> Any:
+            return (
+                types.SimpleNamespace(**{k: ns(v) for k, v in node.items()})
+                if isinstance(node, dict)
+                else node
+            )
+
+        p = ns(yaml.safe_load(path.read_text()))
+        t = p.train
+        for key in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+            setattr(t, key, float(getattr(t, key)))  # YAML 1.1 reads 3e-4 as a string
+        return p
+    return codexlm_params.load(path)
+
+
+def setup_from(args: argparse.Namespace, p: Any) -> Setup:
     t = p.train
     if args.model == "default":
         m = dict(
@@ -426,7 +455,7 @@ def main() -> None:
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1 or args.batch_size < 0:
         ap.error("--steps, --warmup and --rounds must be >= 1 (warm-up ends with the first mark)")
 
-    setup = setup_from(args, codexlm_params.load(args.params))
+    setup = setup_from(args, load_params(args.params))
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if cuda:

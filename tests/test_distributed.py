@@ -52,6 +52,25 @@ def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
     proc = run(["python", "stages/train.py"], repo)
     assert "starting from step 0" in proc.stdout and "2 processes, ddp" in proc.stdout
     assert_same_curves(built, repo)
+    two = trained_weights(repo)
+
+    # resume the 2-process run's step-4 checkpoint with 1 process and the same global batch
+    shutil.rmtree(repo / "models/checkpoints/step-00000008")
+    shutil.rmtree(repo / "models/trained")
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["train"].update(nproc=1, batch_size=2 * p["train"]["batch_size"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = run(["python", "stages/train.py"], repo)
+    assert "(step 4 of 8)" in proc.stdout
+    for name, w in trained_weights(repo).items():
+        assert torch.allclose(w, two[name], atol=1e-5), name
+
+    # another global batch is another run: its checkpoints are removed, with a message
+    p["train"]["batch_size"] //= 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = run(["python", "stages/train.py"], repo)
+    assert "starting from step 0" in proc.stdout
+    assert "written under other params or data" in proc.stderr
 
 
 def test_fsdp_matches_one_process_and_resumes(built: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,11 @@ def find_resumable(root: Path, fp: str) -> Checkpoint | None:
         state = _read_state(path)
         if state is not None and state.get("fingerprint") != fp:
             shutil.rmtree(path)
+            print(
+                f"checkpoint: removed {path} (written under other params or data: "
+                "this run starts fresh)",
+                file=sys.stderr,
+            )
             continue
         if found is not None:
             continue
