@@ -12,6 +12,8 @@ import yaml
 from conftest import run
 from safetensors.torch import load_file
 
+from codexlm import checkpoint
+
 pytestmark = pytest.mark.slow
 
 
@@ -95,3 +97,16 @@ def test_fsdp_matches_one_process_and_resumes(built: Path, tmp_path: Path) -> No
     assert "resuming from" in proc.stdout and "(step 4 of 8)" in proc.stdout
     for name, w in trained_weights(repo).items():
         assert torch.allclose(w, ours[name], atol=1e-6), name
+
+    # train.final: best (another run: it starts over) loads the best checkpoint on every
+    # rank, and rank 0 saves exactly its weights
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["train"]["final"] = "best"
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = run(["python", "stages/train.py"], repo)
+    assert "final weights from" in proc.stdout
+    best = checkpoint.best(ckpts)
+    weights, _, _ = checkpoint.load(best)
+    saved = trained_weights(repo)
+    for name, w in weights.items():
+        assert torch.equal(saved[name], w), name
