@@ -26,6 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from codexlm.errors import UserError
+
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets it, on the CPU
 
 
@@ -47,11 +49,14 @@ def shard(loss_module: torch.nn.Module, model: torch.nn.Module, compile: bool) -
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    device = next(model.parameters()).device
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     found = blocks(model)
     if not found:
-        raise ValueError(f"{type(model).__name__}: no transformer blocks to shard")
+        raise UserError(
+            f"train.strategy: fsdp needs the model's transformer blocks, and "
+            f"{type(model).__name__} names none (_no_split_modules); use ddp"
+        )
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in found:
         if compile:
             block.compile()
