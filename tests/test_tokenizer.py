@@ -18,6 +18,7 @@ from codexlm.errors import UserError
 from codexlm.tokenizer import (
     EOT,
     PAD,
+    by_size,
     evenly_spaced,
     load_pretrained,
     token_dtype,
@@ -191,6 +192,14 @@ def test_tokenizer_is_trained_on_train_only(built: Path, tmp_path: Path) -> None
     assert (tmp_path / "tokenizer" / "tokenizer.json").read_bytes() == (
         built / "tokenizer" / "tokenizer.json"
     ).read_bytes()
+
+
+def test_by_size_regroups_without_reordering() -> None:
+    batches = [["aaaa", "bb"], ["c" * 10, "dd", "e"], ["ff"]]
+    out = list(by_size(iter(batches), 6))
+    assert out == [["aaaa", "bb"], ["c" * 10], ["dd", "e", "ff"]]  # the long one alone
+    assert [t for b in out for t in b] == [t for b in batches for t in b]
+    assert list(by_size(iter([]), 6)) == []
 
 
 def test_evenly_spaced_sample() -> None:
