@@ -81,15 +81,20 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def weights_finite(model: torch.nn.Module, strategy: str, world: int) -> bool:
     """Whether every weight is finite, on every rank (each holds a shard under FSDP)."""
-    ok = all(
-        bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all())
-        for p in model.parameters()
+    # one device-side reduction and one host sync, not one per parameter
+    flag = (
+        torch.stack(
+            [
+                torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()
+                for p in model.parameters()
+            ]
+        )
+        .all()
+        .float()
     )
     if strategy == "fsdp" and world > 1:
-        flag = torch.tensor([float(ok)], device=next(model.parameters()).device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        ok = bool(flag.item())
-    return ok
+    return bool(flag)
 
 
 def trainable_names(model: torch.nn.Module) -> list[str]:

@@ -12,8 +12,8 @@ import itertools
 import math
 import os
 import signal
-import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,18 +196,20 @@ def system_metrics(device: torch.device) -> dict[str, float]:
         out["system/gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         try:  # through NVML (the nvidia-ml-py package), which not every image has
             out["system/gpu_util_percent"] = float(torch.cuda.utilization(device))
-        except (ImportError, RuntimeError) as e:
-            _warn_once(f"train: GPU utilisation not logged ({type(e).__name__}: {e})")
+        except (ImportError, RuntimeError) as e:  # warnings show a repeated message once
+            warnings.warn(f"GPU utilisation not logged ({type(e).__name__}: {e})", stacklevel=1)
     return out
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        print(message, file=sys.stderr)
+def shared_checkpoint(ckpt: checkpoint.Checkpoint | None, d: Dist) -> checkpoint.Checkpoint | None:
+    """Rank 0's choice of checkpoint (or None), opened and verified on every rank."""
+    if d.world == 1:
+        return ckpt
+    box = [str(ckpt.path) if ckpt else None]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is None or d.main:
+        return ckpt
+    return checkpoint.Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
 
 
 def train(
@@ -260,13 +262,13 @@ def train(
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    fsdp = strategy == "fsdp" and d.world > 1
+    mode = "fsdp" if strategy == "fsdp" and d.world > 1 else "ddp"  # one process: plain
+    fsdp = mode == "fsdp"
     fwd: torch.nn.Module = CausalLMLoss(raw)
     if fsdp:  # sharding turns parameters into DTensors: before the optimizer sees them
         parallel.shard(fwd, raw, compile)
     opt = build_optimizer(raw, lr, weight_decay, betas)
     params = [p for p in raw.parameters() if p.requires_grad]
-    mode = "fsdp" if fsdp else "ddp"
 
     # ---- resume
     start, tokens_seen, val_loss = 0, 0, None
@@ -276,11 +278,7 @@ def train(
             ckpt = checkpoint.find_resumable(ckpt_dir, run_fingerprint)
         else:
             checkpoint.clear(ckpt_dir)
-    if d.world > 1:
-        box = [str(ckpt.path) if ckpt else None]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] and not d.main:
-            ckpt = checkpoint.Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
+    ckpt = shared_checkpoint(ckpt, d)
     if ckpt is not None:
         weights, opt_state, rng = checkpoint.load(ckpt, device)
         missing = set(parallel.trainable_names(raw)) - set(weights)
@@ -455,15 +453,8 @@ def train(
         stop.restore()
 
     if final == "best":
-        best = checkpoint.best(ckpt_dir) if d.main else None
-        if d.world > 1:  # every rank loads it (under FSDP each keeps its shard)
-            box = [str(best.path) if best else None]
-            dist.broadcast_object_list(box, src=0)
-            best = (
-                checkpoint.Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
-                if box[0]
-                else None
-            )
+        # every rank loads it (under FSDP each keeps its shard)
+        best = shared_checkpoint(checkpoint.best(ckpt_dir) if d.main else None, d)
         if best is not None:
             weights, _, _ = checkpoint.load(best, device)
             parallel.load_state(raw, None, weights, None, mode)
