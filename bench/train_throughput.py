@@ -3,10 +3,13 @@
     .venv/bin/python bench/train_throughput.py                     # CPU, params.yaml's model
     .venv/bin/python bench/train_throughput.py --model gpt2-124m   # GPU: 12x768, ctx 1024, bf16
     .venv/bin/python bench/train_throughput.py --model llama-124m --steps 50 --no-compile
+    .venv/bin/python bench/train_throughput.py --model gpt2-124m --compile-mode reduce-overhead \
+        --variants ours_compile,hf_trainer_compile
 
 Every variant trains a model built by `codexlm.model.build_model` with the same seed (so the
 same initial weights) on the same random tokens, with the same batch, precision, AdamW
-(fused where the device has it), clipping and schedule shape. Each runs `--warmup` optimizer
+(fused where the device has it), clipping, schedule shape and torch.compile mode (the
+Trainer's `torch_compile_mode`). Each runs `--warmup` optimizer
 steps (compilation, allocator and optimizer-state warm-up) and then `--steps` timed steps,
 `--rounds` times in alternating order; each variant's fastest round is reported. Prints one
 line per variant and, last, one JSON object with every figure.
@@ -89,6 +92,7 @@ class Setup:
     grad_clip: float
     max_bad_steps: int
     log_every: int
+    compile_mode: str  # torch.compile's mode for the compiled variants, as train.compile_mode
 
 
 class VariantFailed(Exception):
@@ -242,6 +246,7 @@ def run_ours(
             grad_clip=setup.grad_clip,
             precision=setup.precision,
             compile=compile,
+            compile_mode=setup.compile_mode if compile else "default",
             eval_every=total,
             n_eval_batches=1,
             log_every=setup.log_every,
@@ -327,6 +332,7 @@ def run_hf(
             optim="adamw_torch_fused" if fused_adamw_available(device) else "adamw_torch",
             bf16=amp == torch.bfloat16,
             torch_compile=compile,
+            torch_compile_mode=setup.compile_mode if compile else None,
             logging_strategy="no",
             save_strategy="no",
             eval_strategy="no",
@@ -425,6 +431,7 @@ def setup_from(args: argparse.Namespace, p: Any) -> Setup:
         grad_clip=t.grad_clip,
         max_bad_steps=t.max_bad_steps,
         log_every=t.log_every,
+        compile_mode=args.compile_mode or getattr(t, "compile_mode", "default"),
     )
 
 
@@ -444,6 +451,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=0, help="override the model's batch")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    ap.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of both compiled variants (default: train.compile_mode)",
+    )
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated subset of ours, ours_compile, hf_trainer, hf_trainer_compile "
+        "(default: all; fewer saves device time)",
+    )
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument(
         "--params",
@@ -454,6 +472,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1 or args.batch_size < 0:
         ap.error("--steps, --warmup and --rounds must be >= 1 (warm-up ends with the first mark)")
+    known = [v + c for v in ("ours", "hf_trainer") for c in ("", "_compile")]
+    wanted = set(args.variants.split(",")) if args.variants else set(known)
+    if args.no_compile:
+        wanted = {v for v in wanted if not v.endswith("_compile")}
+    if not wanted or wanted - set(known):
+        ap.error(f"--variants: choose among {', '.join(known)} (not *_compile with --no-compile)")
 
     setup = setup_from(args, load_params(args.params))
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -489,7 +513,8 @@ def main() -> None:
     )
     print(
         f"{args.warmup} warm-up + {args.steps} timed steps per variant, best of "
-        f"{args.rounds} rounds in alternating order, {tokens_per_step} tokens/step"
+        f"{args.rounds} rounds in alternating order, {tokens_per_step} tokens/step; "
+        f"torch.compile mode {setup.compile_mode}"
     )
     if cuda and peak is None:
         print(f"mfu: no peak FLOP/s known for {device_name!r} (codexlm.metrics.PEAK_BF16_FLOPS)")
@@ -511,6 +536,8 @@ def main() -> None:
                 lambda c: run_hf(setup, tokens, device, c, args.warmup, args.steps),
             )
         )
+
+    runs = [r for r in runs if r[0] in wanted]
 
     results: dict[str, dict[str, Any]] = {}
     print(
@@ -614,6 +641,7 @@ def main() -> None:
         },
         "batch_size": setup.batch_size,
         "precision": "bf16" if amp == torch.bfloat16 else "fp32",
+        "compile_mode": setup.compile_mode,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "rounds": args.rounds,

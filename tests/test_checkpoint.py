@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,38 @@ def test_optimizer_state_loads_weights_only(tmp_path, tokens) -> None:
     ckpt = checkpoint.candidates(tmp_path / "ckpt")[0]
     state = torch.load(ckpt / "optimizer.pt", weights_only=True)
     assert "state" in state and "param_groups" in state
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, tokens, monkeypatch) -> None:
+    """A non-default train.compile_mode is handed to torch.compile (here on CPU, where CUDA
+    graphs are moot) and trains the weights the default mode does. Compiled against
+    compiled: inductor draws dropout masks from its own generator, not eager's."""
+    seen: list[str | None] = []
+    real_compile = torch.compile
+
+    def recording_compile(*args, **kwargs):
+        seen.append(kwargs.get("mode"))
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    runs = {}
+    try:
+        for mode in ("default", "max-autotune-no-cudagraphs"):
+            torch._dynamo.reset()
+            runs[mode], _ = run_train(tmp_path / mode, tokens, compile=True, compile_mode=mode)
+    finally:
+        torch._dynamo.reset()
+    assert seen == ["default", "max-autotune-no-cudagraphs"]
+    a, b = (m.state_dict() for m in runs.values())
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def test_trains_without_dvclive_when_nothing_is_logged(tmp_path, tokens, monkeypatch) -> None:
+    """GPU images may lack dvclive: with no log folder train() must not need it."""
+    monkeypatch.setitem(sys.modules, "dvclive", None)
+    monkeypatch.delitem(sys.modules, "codexlm.live", raising=False)
+    _, summary = run_train(tmp_path, tokens, log_dir=None)
+    assert summary["step"] == STEPS
+    with pytest.raises(ImportError):
+        run_train(tmp_path / "logged", tokens)  # the import is really blocked

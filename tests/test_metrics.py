@@ -168,6 +168,7 @@ def test_flops_per_token() -> None:
 def test_peak_flops() -> None:
     assert peak_flops("NVIDIA H200") == PEAK_BF16_FLOPS["H200"] > 0
     assert peak_flops("NVIDIA H100 80GB HBM3") == PEAK_BF16_FLOPS["H100"]
+    assert peak_flops("NVIDIA H100 PCIe") == PEAK_BF16_FLOPS["H100 PCIe"] < PEAK_BF16_FLOPS["H100"]
     assert peak_flops("NVIDIA A100-SXM4-80GB") == PEAK_BF16_FLOPS["A100"]
     assert peak_flops("NVIDIA L40S") == PEAK_BF16_FLOPS["L40S"]  # not the L4's
     assert peak_flops("NVIDIA L4") == PEAK_BF16_FLOPS["L4"]

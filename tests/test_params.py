@@ -226,6 +226,21 @@ def test_fsdp_with_lora_is_refused(tmp_path: Path) -> None:
     assert "train.strategy" in msg and "lora.enabled" in msg and "ddp" in msg
 
 
+def test_compile_mode_needs_compile() -> None:
+    raw = with_value("train.compile_mode", "max-autotune")
+    raw["train"]["compile"] = False
+    msg = error_of(raw)
+    assert msg.startswith("params.yaml: train.compile_mode: 'max-autotune'")
+    assert "train.compile" in msg
+    raw["train"]["compile"] = True
+    assert params.parse(raw).train.compile_mode == "max-autotune"
+
+
+def test_unknown_compile_mode_is_named() -> None:
+    msg = error_of(with_value("train.compile_mode", "fast"))
+    assert "train.compile_mode" in msg and "fast" in msg
+
+
 def test_unknown_strategy_is_named() -> None:
     msg = error_of(with_value("train.strategy", "deepspeed"))
     assert "train.strategy" in msg and "deepspeed" in msg

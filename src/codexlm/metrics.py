@@ -42,9 +42,12 @@ def flops_per_token(n_params: int, n_layer: int, d_model: int, context: int) -> 
     return 6 * n_params + 12 * n_layer * d_model * context
 
 
-# Dense bf16 peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name().
+# Dense bf16 peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(); the
+# first match wins, so variants come before their family's name.
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,

@@ -38,7 +38,12 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in hf.modules() if type(m).__name__ in names]
 
 
-def shard(loss_module: torch.nn.Module, model: torch.nn.Module, compile: bool) -> None:
+def shard(
+    loss_module: torch.nn.Module,
+    model: torch.nn.Module,
+    compile: bool,
+    compile_mode: str = "default",
+) -> None:
     """FSDP2 in place: each block its own shard group, the rest (embeddings, final norm,
     the tied head) in the root group of the loss module, whose forward runs the head.
 
@@ -59,7 +64,7 @@ def shard(loss_module: torch.nn.Module, model: torch.nn.Module, compile: bool) -
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in found:
         if compile:
-            block.compile()
+            block.compile(mode=compile_mode)
         fully_shard(block, mesh=mesh)
     fully_shard(loss_module, mesh=mesh)
 

@@ -120,6 +120,10 @@ class Lora(_Block):
     target_modules: Literal["auto"] | list[str]
 
 
+# torch.compile's modes; reduce-overhead adds CUDA graphs, max-autotune tunes matmul kernels
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
 class Train(_Block):
     steps: int = PositiveInt
     batch_size: int = PositiveInt
@@ -133,6 +137,7 @@ class Train(_Block):
     grad_clip: float = Field(ge=0)
     precision: Literal["auto", "fp32", "bf16"]
     compile: bool
+    compile_mode: CompileMode
     eval_every: int = PositiveInt
     eval_batches: int = PositiveInt
     log_every: int = PositiveInt
@@ -150,6 +155,15 @@ class Train(_Block):
             raise ValueError(
                 "train.strategy: fsdp shards the model over processes; set train.nproc >= 2 "
                 f"(got {self.nproc})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mode_needs_compile(self) -> Train:
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(
+                f"train.compile_mode: {self.compile_mode!r} has no effect with train.compile "
+                "false; set train.compile: true or train.compile_mode: default"
             )
         return self
 

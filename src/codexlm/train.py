@@ -243,14 +243,14 @@ def train(
     log_dir: Path | None,
     dist_info: Dist = Dist(),
     strategy: str = "ddp",
+    compile_mode: str = "default",
 ) -> dict[str, Any]:
     """Train `model` in place; return a summary. Rank 0 alone logs and checkpoints.
 
     With several processes, `strategy` "ddp" replicates the model and "fsdp" shards it
     (codexlm.parallel); under "fsdp" `model` is left sharded: `parallel.gathered` unshards
-    it for saving.
+    it for saving. `compile_mode` is torch.compile's `mode` (used when `compile` is on).
     """
-    from codexlm.live import open_live
     from codexlm.model import count_params
 
     d = dist_info
@@ -266,7 +266,7 @@ def train(
     fsdp = mode == "fsdp"
     fwd: torch.nn.Module = CausalLMLoss(raw)
     if fsdp:  # sharding turns parameters into DTensors: before the optimizer sees them
-        parallel.shard(fwd, raw, compile)
+        parallel.shard(fwd, raw, compile, compile_mode)
     opt = build_optimizer(raw, lr, weight_decay, betas)
     params = [p for p in raw.parameters() if p.requires_grad]
 
@@ -294,7 +294,11 @@ def train(
     if d.main and d.world > 1:
         print(f"train: {d.world} processes, {mode}")
 
-    live = open_live(log_dir, start if ckpt else None) if (d.main and log_dir) else None
+    live = None
+    if d.main and log_dir:  # dvclive is imported only where something is logged
+        from codexlm.live import open_live
+
+        live = open_live(log_dir, start if ckpt else None)
     n_trainable = count_params(raw, trainable_only=True)
     if live is not None:  # what LoRA saves, against full fine-tuning
         live.log_metric("params/trainable", n_trainable, plot=False)
@@ -304,7 +308,7 @@ def train(
 
     # ---- compile and wrap (after loading: the checkpoint's names are the raw model's)
     if compile and not fsdp:
-        fwd = torch.compile(fwd)
+        fwd = torch.compile(fwd, mode=compile_mode)
     if d.world > 1 and not fsdp:
         fwd = torch.nn.parallel.DistributedDataParallel(
             fwd, device_ids=[device.index] if device.type == "cuda" else None
