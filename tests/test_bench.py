@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, run
 
 BLOCKED = ("dvc", "dvclive", "pydantic")  # what the H200 image lacks
+pytestmark = pytest.mark.slow  # each test starts python with torch and transformers
 
 
 @pytest.fixture

@@ -226,6 +226,7 @@ def test_optimizer_state_loads_weights_only(tmp_path, tokens) -> None:
     assert "state" in state and "param_groups" in state
 
 
+@pytest.mark.slow  # two compilations
 def test_compile_mode_reaches_torch_compile(tmp_path, tokens, monkeypatch) -> None:
     """A non-default train.compile_mode is handed to torch.compile (here on CPU, where CUDA
     graphs are moot) and trains the weights the default mode does. Compiled against
