@@ -306,6 +306,11 @@ def train(
         optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in params)  # AdamW m, v
         live.log_metric("params/optimizer_state_bytes", optimizer_bytes, plot=False)
 
+    # Validation runs uncompiled and unwrapped (except under FSDP, whose sharded parameters
+    # only the wrapped module can gather): a no-grad graph would be a second compilation
+    # (12 s on the CPU default, more on GPUs) for a few batches per evaluation, and every
+    # rank scores the same validation windows, so DDP has nothing to synchronise.
+    evaluator = fwd if fsdp else CausalLMLoss(raw)
     # ---- compile and wrap (after loading: the checkpoint's names are the raw model's)
     if compile and not fsdp:
         fwd = torch.compile(fwd, mode=compile_mode)
@@ -355,7 +360,7 @@ def train(
             dist.barrier()
 
     if ckpt is None:
-        val_loss = validation_loss(fwd, val_data, device, amp)
+        val_loss = validation_loss(evaluator, val_data, device, amp)
         log(0, {"val/loss": val_loss})
 
     stop = StopFlag()
@@ -436,7 +441,7 @@ def train(
                 good_acc.zero_()
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if done % eval_every == 0 or done % checkpoint_every == 0 or done == steps:
-                val_loss = validation_loss(fwd, val_data, device, amp)
+                val_loss = validation_loss(evaluator, val_data, device, amp)
                 log(done, {"val/loss": val_loss})
             stopping = stop.signum is not None
             if d.world > 1 and (done % log_every == 0):
@@ -447,7 +452,7 @@ def train(
                 stopping = False
             if done % checkpoint_every == 0 or done == steps or stopping:
                 if stopping and done % checkpoint_every and done != steps:
-                    val_loss = validation_loss(fwd, val_data, device, amp)
+                    val_loss = validation_loss(evaluator, val_data, device, amp)
                 save_checkpoint(done)
                 t_last = time.perf_counter()  # checkpoint time is not training throughput
             if stopping and done < steps:
