@@ -1,0 +1,54 @@
+"""Same params, same weights: two training processes end bit-identical, compiled included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # two processes, each compiling
+
+SCRIPT = """
+import contextlib, hashlib, io, sys, tempfile
+from pathlib import Path
+import numpy as np, torch
+from codexlm import train as T
+from codexlm.model import build_model
+
+rng = np.random.default_rng(0)
+tokens = rng.integers(0, 512, size=200_000).astype(np.uint16)
+model = build_model("llama", 2, 4, 64, 64, 512, 0.0, 0, 0, seed=0)
+with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):
+    T.train(model, train_tokens=tokens, val_tokens=tokens[:20_000], seed=0, context=64,
+            steps=6, batch_size=16, grad_accum=1, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+            weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, precision="fp32",
+            compile=sys.argv[1] == "compile", eval_every=6, n_eval_batches=1, log_every=3,
+            checkpoint_every=6, keep_checkpoints=1, resume="never", final="last",
+            max_bad_steps=3, ckpt_dir=Path(d), run_fingerprint="det", log_dir=None)
+digest = hashlib.sha256()
+for name, tensor in sorted(model.state_dict().items()):
+    digest.update(name.encode() + tensor.detach().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_two_processes_train_identical_weights(tmp_path: Path, mode: str) -> None:
+    """With two CPU threads, as a real run has (the suite itself runs single-threaded):
+    compiled kernels once summed the embedding's gradient with atomic adds across threads,
+    so the last bits of the weights changed from run to run."""
+    script = tmp_path / "train_once.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT / "src")}
+    digests = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, str(script), mode], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(proc.stdout.split()[-1])
+    assert digests[0] == digests[1]
