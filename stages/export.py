@@ -10,6 +10,8 @@ from codexlm import params
 from codexlm.errors import run_stage
 from codexlm.export import ParityError, export, lineage
 
+PROVENANCE = ("data/prepared", "data/tokens", "models/tokenizer", "models/trained")
+
 
 def main() -> None:
     p = params.load()
@@ -20,7 +22,9 @@ def main() -> None:
         "params": raw_params,
         "metrics": json.loads(Path("reports/evaluate/metrics.json").read_text()),
         "data_stats": json.loads(Path("data/prepared/stats.json").read_text()),
-        "lineage": lineage(Path("dvc.lock"), ("prepare", "tokenize", "train")),
+        # what the model is a function of; not the checkpoints or the training log, whose
+        # wall-clock throughput would make the card, and so this output, differ run to run
+        "lineage": lineage(Path("dvc.lock"), PROVENANCE),
     }
     lora_base = p.model.init if p.lora.enabled else None
     try:

@@ -103,14 +103,15 @@ def test_repro_is_idempotent(built: Path) -> None:
 
 
 def test_same_params_same_outputs(built: Path, tmp_path: Path) -> None:
-    """A second copy with the same params gives byte-identical data, tokenizer and weights."""
+    """A second copy with the same params gives byte-identical data, tokenizer, weights and
+    exported model (its card included: no wall-clock figure reaches it)."""
     import shutil
 
     twin = tmp_path / "twin"
     # no outputs, no lock, no cache: DVC's run-cache must not restore what should be recomputed
     skip = shutil.ignore_patterns("data", "models", "reports", "dvc.lock", "cache", "tmp")
     shutil.copytree(built, twin, ignore=skip)
-    run(["dvc", "repro", "train"], twin)
+    run(["dvc", "repro"], twin)
     for rel in (
         "data/prepared/train.parquet",
         "data/prepared/test.parquet",
@@ -119,5 +120,7 @@ def test_same_params_same_outputs(built: Path, tmp_path: Path) -> None:
         "data/tokens/train.bin",
         "data/tokens/val.bin",
         "models/trained/model.safetensors",
+        "models/export/model.safetensors",
+        "models/export/README.md",
     ):
         assert sha(built / rel) == sha(twin / rel), rel

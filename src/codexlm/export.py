@@ -163,15 +163,16 @@ def _reload(path: Path, adapter_base: str | None) -> torch.nn.Module:
     return PeftModel.from_pretrained(base, path).eval()
 
 
-def lineage(lock_file: Path, stages: tuple[str, ...]) -> dict[str, str]:
-    """The md5 DVC recorded for each output of the given stages."""
+def lineage(lock_file: Path, paths: tuple[str, ...]) -> dict[str, str]:
+    """The md5 DVC recorded for each of `paths` (stage outputs), in that order."""
     import yaml
 
     if not lock_file.is_file():
         return {}
     lock = yaml.safe_load(lock_file.read_text()) or {}
-    found = {}
-    for stage in stages:
-        for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
-            found[out["path"]] = out.get("md5", "")
-    return found
+    recorded = {
+        out["path"]: out.get("md5", "")
+        for stage in (lock.get("stages") or {}).values()
+        for out in stage.get("outs", [])
+    }
+    return {path: recorded[path] for path in paths if path in recorded}
