@@ -8,14 +8,13 @@ without the host having to look at it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +100,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def deterministic_kernels(device: torch.device) -> Iterator[None]:
-    """On CPU, torch's deterministic mode for the enclosed work (the setting is restored).
+def deterministic_kernels(device: torch.device) -> Callable[[], None]:
+    """On CPU, turn on torch's deterministic mode; return what restores the previous setting.
 
     Eager CPU kernels are deterministic already, but inductor compiled the embedding's
     backward into a kernel that sums with atomic adds across threads, so two runs of the same
@@ -112,18 +110,11 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
     where the mode needs CUBLAS_WORKSPACE_CONFIG and slower kernels: GPU runs agree to
     rounding, not to the bit.
     """
-    if device.type != "cpu":
-        yield
-        return
-    was, warn_only = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one: a warning
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one: a warning
+    return lambda: torch.use_deterministic_algorithms(was, warn_only=warn_only)
 
 
 def device_batches(
@@ -402,8 +393,7 @@ def train(
     t_last, tokens_last = time.perf_counter(), tokens_seen
     batches = device_batches(train_tokens, seed, start, steps, batch_size, grad_accum, context, d)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not d.main)
-    deterministic = contextlib.ExitStack()  # around the loop: compilation happens in it
-    deterministic.enter_context(deterministic_kernels(device))
+    restore_mode = deterministic_kernels(device)  # around the loop: compilation happens in it
     try:
         for step in range(start, steps):
             step_lr = lr_at(step, lr, min_lr, warmup_steps, steps)
@@ -486,7 +476,7 @@ def train(
             if stopping and done < steps:
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
     finally:
-        deterministic.close()
+        restore_mode()
         bar.close()
         stop.restore()
 
