@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU run: CUDA checks, then the throughput figures the README's table needs.
 #
-#     bash bench/gpu_run.sh        # one CUDA GPU; about 8 minutes on an H200
+#     bash bench/gpu_run.sh        # one CUDA GPU; estimated ~8 minutes on an H200 (not yet run)
 #
 # Needs python3 with torch, transformers, accelerate, safetensors, numpy, tqdm, psutil, pyyaml
 # (not dvc, dvclive or pydantic: GPU images may lack them). Steps run most important first,

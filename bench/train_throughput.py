@@ -431,7 +431,7 @@ def setup_from(args: argparse.Namespace, p: Any) -> Setup:
         grad_clip=t.grad_clip,
         max_bad_steps=t.max_bad_steps,
         log_every=t.log_every,
-        compile_mode=args.compile_mode or getattr(t, "compile_mode", "default"),
+        compile_mode=args.compile_mode or t.compile_mode,
     )
 
 

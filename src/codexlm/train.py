@@ -103,9 +103,9 @@ def seed_everything(seed: int) -> None:
 def deterministic_kernels(device: torch.device) -> Callable[[], None]:
     """On CPU, turn on torch's deterministic mode; return what restores the previous setting.
 
-    Eager CPU kernels are deterministic already, but inductor compiled the embedding's
+    Eager CPU kernels are deterministic already, but inductor compiles the embedding's
     backward into a kernel that sums with atomic adds across threads, so two runs of the same
-    params ended with different last bits in every weight. In deterministic mode inductor
+    params would end with different last bits in every weight. In deterministic mode inductor
     uses an ordered kernel instead (no measurable cost on the default model). Not on CUDA,
     where the mode needs CUBLAS_WORKSPACE_CONFIG and slower kernels: GPU runs agree to
     rounding, not to the bit.
@@ -393,7 +393,7 @@ def train(
     t_last, tokens_last = time.perf_counter(), tokens_seen
     batches = device_batches(train_tokens, seed, start, steps, batch_size, grad_accum, context, d)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not d.main)
-    restore_mode = deterministic_kernels(device)  # around the loop: compilation happens in it
+    restore_determinism = deterministic_kernels(device)  # around the loop: it compiles
     try:
         for step in range(start, steps):
             step_lr = lr_at(step, lr, min_lr, warmup_steps, steps)
@@ -476,7 +476,7 @@ def train(
             if stopping and done < steps:
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
     finally:
-        restore_mode()
+        restore_determinism()
         bar.close()
         stop.restore()
 
