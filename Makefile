@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test lint format bench clean
+.PHONY: install repro test lint format bench clean stdlib verify-lock
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# record this interpreter's standard library as the default corpus (prepare refuses another)
+stdlib: $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from codexlm.corpus import write_stdlib_marker; print(write_stdlib_marker(Path('stdlib')))"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -38,3 +42,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# rerun the pipeline from scratch in a clean clone of HEAD; compare with the committed dvc.lock
+verify-lock: $(STAMP)
+	$(BIN)/python tools/verify_lock.py

@@ -179,8 +179,7 @@ def child_bpe(args: argparse.Namespace) -> dict[str, Any]:
     import json
 
     from codexlm import params
-    from codexlm.corpus import read_texts
-    from codexlm.tokenizer import evenly_spaced, train_bpe
+    from codexlm.tokenizer import evenly_spaced, read_texts, train_bpe
 
     p = params.load(args.params)
     cap = int((args.bpe_mb or p.tokenizer.max_train_mb) * MB)
@@ -228,7 +227,7 @@ def child_encode(args: argparse.Namespace) -> dict[str, Any]:
     import tokenizers
 
     from codexlm import tokenizer as codexlm_tokenizer
-    from codexlm.corpus import read_texts
+    from codexlm.tokenizer import read_texts
 
     tok = codexlm_tokenizer.load_pretrained(args.tok_dir)
     dtype = codexlm_tokenizer.token_dtype(len(tok))

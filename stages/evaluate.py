@@ -1,12 +1,18 @@
 """evaluate: models/trained + data/tokens -> reports/evaluate/ (metrics.json, figures,
 samples.md, report.md)"""
 
-import json
+import sys
 from pathlib import Path
+
+# Run this repository's library, the code dvc.yaml hashes, even where an editable install
+# points at another checkout (`dvc exp run --temp`/`--queue` copies, a clone beside it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import json
 
 import torch
 
-from codexlm import params
+from codexlm import params, provenance
 from codexlm.atomic import write_json, write_text
 from codexlm.data import load_tokens
 from codexlm.errors import run_stage
@@ -26,6 +32,7 @@ TRAIN_LOG = Path("reports/train")
 
 
 def main() -> None:
+    provenance.check_environment()
     p = params.load()
     e = p.evaluate
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,12 +1,18 @@
 """export: models/trained -> models/export/ (safetensors, tokenizer, generation config,
 model card), verified by reloading it and comparing logits."""
 
-import json
+import sys
 from pathlib import Path
+
+# Run this repository's library, the code dvc.yaml hashes, even where an editable install
+# points at another checkout (`dvc exp run --temp`/`--queue` copies, a clone beside it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import json
 
 import yaml
 
-from codexlm import params
+from codexlm import params, provenance
 from codexlm.errors import run_stage
 from codexlm.export import ParityError, export, lineage
 
@@ -14,6 +20,7 @@ PROVENANCE = ("data/prepared", "data/tokens", "models/tokenizer", "models/traine
 
 
 def main() -> None:
+    provenance.check_environment()
     p = params.load()
     raw_params = yaml.safe_load(Path(params.PARAMS_FILE).read_text())
     card = {

@@ -1,13 +1,24 @@
 """prepare: data.source -> data/prepared/{train,val,test}.parquet + stats.json"""
 
+import sys
 from pathlib import Path
 
-from codexlm import corpus, params
+# Run this repository's library, the code dvc.yaml hashes, even where an editable install
+# points at another checkout (`dvc exp run --temp`/`--queue` copies, a clone beside it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+from codexlm import corpus, params, provenance
 from codexlm.errors import run_stage
+
+STDLIB_MARKER = Path("stdlib")
 
 
 def main() -> None:
+    provenance.check_environment()
     p = params.load().data
+    # the default corpus is this interpreter's: refused unless ./stdlib records it
+    identity = corpus.check_stdlib_marker(STDLIB_MARKER) if p.source == "stdlib" else None
     stats = corpus.prepare(
         source=p.source,
         include=p.include,
@@ -18,6 +29,7 @@ def main() -> None:
         test_fraction=p.test_fraction,
         scrub_secrets=p.scrub_secrets,
         out_dir=Path("data/prepared"),
+        source_identity=identity,
     )
     print(f"prepare: documents {stats['documents']}, dropped {stats['dropped']}")
 

@@ -2,14 +2,21 @@
 
 # Not named tokenize.py: Python puts stages/ first on sys.path, where such a file would shadow
 # the standard library's `tokenize` module for every stage script.
+import sys
 from pathlib import Path
 
-from codexlm import params
+# Run this repository's library, the code dvc.yaml hashes, even where an editable install
+# points at another checkout (`dvc exp run --temp`/`--queue` copies, a clone beside it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+from codexlm import params, provenance
 from codexlm.errors import run_stage
 from codexlm.tokenizer import tokenize
 
 
 def main() -> None:
+    provenance.check_environment()
     p = params.load()
     meta = tokenize(
         prepared=Path("data/prepared"),

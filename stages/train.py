@@ -4,26 +4,41 @@ With train.nproc > 1 the stage re-launches itself under torchrun (DDP, or FSDP w
 train.strategy: fsdp); rank 0 alone logs, checkpoints and writes models/trained.
 """
 
-import json
-import os
 import sys
 from pathlib import Path
 
+# Run this repository's library, the code dvc.yaml hashes, even where an editable install
+# points at another checkout (`dvc exp run --temp`/`--queue` copies, a clone beside it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import json
+import os
+
 import torch
 
-from codexlm import checkpoint, params
+from codexlm import checkpoint, params, provenance
 from codexlm.data import load_tokens
 from codexlm.errors import UserError, run_stage
-from codexlm.model import apply_lora, build_model, context_limit, load_model, save_model
+from codexlm.model import (
+    apply_lora,
+    build_model,
+    context_limit,
+    load_model,
+    save_model,
+    uses_dropout,
+)
 from codexlm.parallel import gathered
 from codexlm.train import Interrupted, NonFiniteError, init_distributed, train
 
 TOKENS = Path("data/tokens")
 TOKENIZER = Path("models/tokenizer")
-# Params that change how a run is observed or stored, not the weights it produces: a
-# checkpoint written under other values of these is still resumed.
+# Params that change how a run is observed, stored or scheduled on the hardware, not the
+# weights it computes: a checkpoint written under other values of these is still resumed.
+# `final` only picks among the same checkpoints. `compile` changes only rounding, except where
+# dropout draws masks: inductor draws its own, a different run (run_fingerprint).
 NOT_FINGERPRINTED = {
     "resume",
+    "final",
     "keep_checkpoints",
     "checkpoint_every",
     "log_every",
@@ -36,7 +51,9 @@ NOT_FINGERPRINTED = {
 }
 
 
-def run_fingerprint(p: params.Params, meta: dict) -> str:
+def run_fingerprint(p: params.Params, meta: dict, dropout: bool) -> str:
+    """What the weights are a function of, among params and data (train() adds the code and
+    the packages that compute them)."""
     t = p.train
     return checkpoint.fingerprint(
         {
@@ -44,6 +61,8 @@ def run_fingerprint(p: params.Params, meta: dict) -> str:
             "model": p.model.model_dump(),
             "lora": p.lora.model_dump() if p.lora.enabled else None,
             "train": {k: v for k, v in t.model_dump().items() if k not in NOT_FINGERPRINTED},
+            # compiled dropout draws other masks than eager (tests/test_provenance.py)
+            "compile": (t.compile, t.compile_mode) if dropout else None,
             # the data each step draws depends only on the global batch
             "global_batch": t.batch_size * t.grad_accum * t.nproc,
             "tokens": meta["sha256"],
@@ -69,6 +88,7 @@ def check(p: params.Params, meta: dict) -> None:
 
 
 def main() -> None:
+    provenance.check_environment()
     p = params.load()
     t = p.train
     if t.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -136,7 +156,7 @@ def main() -> None:
             final=t.final,
             max_bad_steps=t.max_bad_steps,
             ckpt_dir=Path("models/checkpoints"),
-            run_fingerprint=run_fingerprint(p, meta),
+            run_fingerprint=run_fingerprint(p, meta, uses_dropout(model)),
             log_dir=Path("reports/train"),
             dist_info=d,
             strategy=t.strategy,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -164,12 +166,91 @@ def test_other_params_start_fresh(tmp_path, tokens, monkeypatch, capsys) -> None
         run_train(tmp_path, tokens)
     monkeypatch.undo()
     run_train(tmp_path, tokens, run_fingerprint="fp-b", lr=5e-3)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "starting from step 0" in out and "resuming" not in out
+    assert "step-00000004 (written by other params or data)" in err
     states = [
         json.loads((p / "state.json").read_text()) for p in checkpoint.candidates(tmp_path / "ckpt")
     ]
-    assert states and all(s["fingerprint"] == "fp-b" for s in states)
+    assert states and all(s["identity"]["params"] == "fp-b" for s in states)
+
+
+def test_other_code_starts_fresh(tmp_path, tokens, monkeypatch, capsys) -> None:
+    """A finished run of other code is retrained from step 0, not "resumed" at its end."""
+    run_train(tmp_path, tokens)
+    finished = {p.name for p in checkpoint.candidates(tmp_path / "ckpt")}
+    capsys.readouterr()
+    monkeypatch.setattr(train_mod.provenance, "code_digest", lambda: "other code")
+    run_train(tmp_path, tokens)
+    out, err = capsys.readouterr()
+    assert "starting from step 0" in out and "resuming" not in out
+    for name in finished:
+        assert f"{name} (written by other code)" in err
+    monkeypatch.undo()
+    monkeypatch.setattr(train_mod.provenance, "package_versions", lambda: {"torch": "0.0"})
+    run_train(tmp_path, tokens)
+    assert "(written by other code, other packages)" in capsys.readouterr().err
+
+
+def stop_at(
+    monkeypatch: pytest.MonkeyPatch, stop_step: int, nan_steps: frozenset[int] = frozenset()
+) -> None:
+    """SIGTERM this process during step `stop_step` (0-based); NaN losses in `nan_steps`."""
+    real_lr, real_loss = train_mod.lr_at, loss_mod.linear_cross_entropy
+    current = {"step": -1}
+
+    def lr_at(step, *a):
+        current["step"] = step
+        if step == stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr(step, *a)
+
+    def loss(*args):
+        out = real_loss(*args)
+        return out * float("nan") if current["step"] in nan_steps else out
+
+    monkeypatch.setattr(train_mod, "lr_at", lr_at)
+    monkeypatch.setattr(loss_mod, "linear_cross_entropy", loss)
+
+
+def history(log: Path) -> dict[str, list[list[str]]]:
+    """Every logged value but wall-clock ones (throughput, CPU and memory use)."""
+    out = {}
+    for tsv in sorted((log / "plots/metrics").rglob("*.tsv")):
+        name = tsv.relative_to(log).as_posix()
+        if "tokens_per_s" in name or "/system/" in name:
+            continue
+        with tsv.open(newline="") as f:
+            out[name] = [[r["step"], r[tsv.stem]] for r in csv.DictReader(f, delimiter="\t")]
+    return out
+
+
+def test_stop_between_log_steps_resumes_the_same_log(tmp_path, tokens) -> None:
+    """The sums a log step averages and the non-finite counters are part of a checkpoint:
+    a stop at a step that is not a log step loses nothing the log would show."""
+    kw = dict(log_every=3, checkpoint_every=4)
+    run_train(tmp_path / "ref", tokens, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        stop_at(mp, 4)  # done = 5: neither a log step nor a checkpoint step
+        with pytest.raises(train_mod.Interrupted):
+            run_train(tmp_path / "run", tokens, **kw)
+    assert (tmp_path / "run/ckpt/step-00000005").is_dir()
+    run_train(tmp_path / "run", tokens, **kw)
+    reference = history(tmp_path / "ref/log")
+    assert set(reference) >= {"plots/metrics/train/loss.tsv", "plots/metrics/grad_norm.tsv"}
+    assert history(tmp_path / "run/log") == reference
+
+
+def test_a_run_of_bad_steps_is_counted_across_a_stop(tmp_path, tokens) -> None:
+    kw = dict(log_every=5, checkpoint_every=100, max_bad_steps=3)
+    with pytest.MonkeyPatch.context() as mp:
+        stop_at(mp, 3, nan_steps={2, 3})  # two bad steps, then a stop after step 4
+        with pytest.raises(train_mod.Interrupted):
+            run_train(tmp_path, tokens, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        stop_at(mp, -1, nan_steps={4})  # the third in a row, after the restart
+        with pytest.raises(train_mod.NonFiniteError, match="3 consecutive steps"):
+            run_train(tmp_path, tokens, **kw)
 
 
 def test_resume_never_clears(tmp_path, tokens, monkeypatch, capsys) -> None:
@@ -255,7 +336,6 @@ def test_compile_mode_reaches_torch_compile(tmp_path, tokens, monkeypatch) -> No
 def test_trains_without_dvclive_when_nothing_is_logged(tmp_path, tokens, monkeypatch) -> None:
     """GPU images may lack dvclive: with no log folder train() must not need it."""
     monkeypatch.setitem(sys.modules, "dvclive", None)
-    monkeypatch.delitem(sys.modules, "codexlm.live", raising=False)
     _, summary = run_train(tmp_path, tokens, log_dir=None)
     assert summary["step"] == STEPS
     with pytest.raises(ImportError):

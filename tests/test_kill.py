@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import VENV_BIN, run
+from test_checkpoint import history
 
 pytestmark = pytest.mark.slow
 STEPS = 24
@@ -108,3 +109,5 @@ def test_sigterm_checkpoints_and_exits_nonzero(built, reference, tmp_path) -> No
     assert sha(repo / "models/trained/model.safetensors") == sha(
         reference / "models/trained/model.safetensors"
     )
+    # the DVCLive history, value for value (wall-clock throughput and system use aside)
+    assert history(repo / "reports/train") == history(reference / "reports/train")

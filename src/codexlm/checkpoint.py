@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ class Checkpoint:
 
 
 def fingerprint(obj: Any) -> str:
-    """A stable hash of everything that determines a run (params, data hashes)."""
+    """A stable hash of a JSON-able value (params, data hashes, versions)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -156,44 +155,61 @@ def candidates(root: Path) -> list[Path]:
     return sorted((p for p in root.glob(f"{PREFIX}*") if p.is_dir()), reverse=True)
 
 
-def find_resumable(root: Path, fp: str) -> Checkpoint | None:
-    """The newest checkpoint of this run (same fingerprint) that verifies, or None.
+# what each part of a run's identity covers, for the message when a checkpoint is removed
+IDENTITY_PARTS = {
+    "params": "other params or data",
+    "code": "other code",
+    "packages": "other packages",
+}
 
-    Checkpoints of other runs are removed (a new experiment starts fresh and must not
-    resume them later); a corrupt one is named in a warning and skipped.
+
+def stale_reason(state: dict[str, Any], identity: dict[str, str]) -> str | None:
+    """Why a checkpoint with this state.json is not this run's (None: it is)."""
+    theirs = state.get("identity")
+    if not isinstance(theirs, dict):
+        return "an older codexlm without a run identity"
+    differ = [why for part, why in IDENTITY_PARTS.items() if theirs.get(part) != identity[part]]
+    return ", ".join(differ) or None
+
+
+def remove_stale(root: Path, identity: dict[str, str]) -> list[str]:
+    """Remove interrupted writes and the checkpoints of other runs; say what went and why.
+
+    A checkpoint written under other params, data, code or packages must never be resumed:
+    its weights are not what this run computes. One whose state.json is unreadable is left
+    for `find_resumable` to skip as corrupt.
     """
-    for path in root.glob(".tmp-*"):
-        shutil.rmtree(path, ignore_errors=True)  # a write that was interrupted
-    found = None
+    for path in root.glob(".tmp-*") if root.is_dir() else []:
+        shutil.rmtree(path)  # a write that was interrupted
+    removed = []
     for path in candidates(root):
         state = _read_state(path)
-        if state is not None and state.get("fingerprint") != fp:
+        why = stale_reason(state, identity) if state is not None else None
+        if why is not None:
             shutil.rmtree(path)
-            print(
-                f"checkpoint: removed {path} (written under other params or data: "
-                "this run starts fresh)",
-                file=sys.stderr,
-            )
-            continue
-        if found is not None:
-            continue
+            removed.append(f"removed {path} (written by {why})")
+    return removed
+
+
+def find_resumable(root: Path) -> Checkpoint | None:
+    """The newest checkpoint that verifies, or None; a corrupt one is named and skipped."""
+    for path in candidates(root):
         try:
-            state = verify(path)
+            return Checkpoint(path, verify(path))
         except CheckpointError as e:
             warnings.warn(
                 f"checkpoint skipped: {e}; falling back to the previous one", stacklevel=2
             )
-            continue
-        found = Checkpoint(path, state)
-    return found
+    return None
 
 
 def best(root: Path) -> Checkpoint | None:
-    """The checkpoint with the lowest validation loss (ties: the newest)."""
+    """The checkpoint with the lowest validation loss (ties: the newest), among those
+    validated at their own step (a checkpoint written on a stop carries an older loss)."""
     scored = []
     for path in candidates(root):
         state = _read_state(path)
-        if state is not None and state.get("val_loss") is not None:
+        if state and state.get("val_loss") is not None and state.get("val_step") == state["step"]:
             scored.append((state["val_loss"], -state["step"], path, state))
     if not scored:
         return None

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import platform
 import stat
 import sysconfig
 from collections import Counter
@@ -22,9 +23,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from tqdm import tqdm
 
-from codexlm.atomic import write_json
+from codexlm.atomic import write_json, write_text
 from codexlm.errors import UserError
 from codexlm.scrub import scrub
 
@@ -68,6 +70,60 @@ class Stats:
 
 def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_files() -> Iterator[Path]:
+    return _walk(stdlib_root(), ["**/*.py"], _STDLIB_SKIP)
+
+
+def stdlib_identity() -> dict[str, object]:
+    """What `data.source: stdlib` reads on this interpreter: its version, and the number and
+    sha256 of the standard-library files (names and contents) that are the default corpus."""
+    root, h, n = stdlib_root(), hashlib.sha256(), 0
+    for path in _stdlib_files():
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+        n += 1
+    return {"python": platform.python_version(), "files": n, "sha256": h.hexdigest()}
+
+
+def check_stdlib_marker(marker: Path) -> dict[str, object]:
+    """This interpreter's default corpus, refused unless it is the one `marker` records.
+
+    DVC sees the default corpus only through the marker file, so another interpreter's
+    standard library must not silently become data/prepared under the same dvc.lock.
+    """
+    try:
+        recorded = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{marker}: unreadable ({type(e).__name__}); run `make stdlib`") from None
+    current = stdlib_identity()
+    if not isinstance(recorded, dict) or {k: recorded.get(k) for k in current} != current:
+        have = recorded if isinstance(recorded, dict) else {}
+        raise UserError(
+            f"data.source: stdlib: this interpreter's standard library (Python "
+            f"{current['python']}, {current['files']} files, sha256 {current['sha256'][:12]}) "
+            f"is not the one {marker} records (Python {have.get('python')}, {have.get('files')} "
+            f"files, sha256 {str(have.get('sha256'))[:12]}); run `make stdlib` to record this "
+            "one (prepare then reruns)"
+        )
+    return current
+
+
+def write_stdlib_marker(marker: Path) -> dict[str, object]:
+    """Record this interpreter's default corpus in `marker` (what `make stdlib` runs)."""
+    identity = stdlib_identity()
+    lines = [
+        "# data.source: stdlib reads the running interpreter's standard-library .py sources",
+        "# (tests excluded). dvc.yaml depends on ${data.source}, which is this file for the",
+        "# default corpus: it records which standard library that is, and prepare refuses",
+        "# another one. `make stdlib` rewrites it for the interpreter in use.",
+        # JSON-quoted: YAML would read a digest such as 1e5... as a number
+        *(f"{k}: {json.dumps(v)}" for k, v in identity.items()),
+    ]
+    lines[-1] += "  # pragma: allowlist secret (a digest, for detect-secrets)"
+    write_text(marker, "\n".join(lines) + "\n")
+    return identity
 
 
 def _walk(root: Path, include: list[str], skip_dirs: set[str] = frozenset()) -> Iterator[Path]:
@@ -173,8 +229,7 @@ def iter_source(source: str, include: list[str], text_column: str, max_chars: in
     """Every document of `data.source`: "stdlib", a folder, or a .jsonl/.csv/.parquet file."""
     max_bytes = 4 * max_chars  # a UTF-8 character is at most 4 bytes
     if source == "stdlib":
-        root = stdlib_root()
-        yield from _read_files(root, _walk(root, ["**/*.py"], _STDLIB_SKIP), max_bytes)
+        yield from _read_files(stdlib_root(), _stdlib_files(), max_bytes)
         return
     path = Path(source)
     if not path.exists():
@@ -256,8 +311,12 @@ def prepare(
     scrub_secrets: bool,
     out_dir: Path,
     workers: int | None = None,
+    source_identity: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """Write out_dir/{train,val,test}.parquet and stats.json; return the stats."""
+    """Write out_dir/{train,val,test}.parquet and stats.json; return the stats.
+
+    `source_identity` (what the source is, e.g. `stdlib_identity()`) is recorded in stats.json.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
     writers = {s: pq.ParquetWriter(tmp[s], SCHEMA, compression="zstd") for s in SPLITS}
@@ -318,12 +377,7 @@ def prepare(
     for s in SPLITS:
         os.replace(tmp[s], out_dir / f"{s}.parquet")
     result = stats.as_dict()
+    if source_identity is not None:
+        result["source"] = source_identity
     write_json(out_dir / "stats.json", result)
     return result
-
-
-def read_texts(path: Path, batch_size: int = 256) -> Iterator[list[str]]:
-    """Stream a prepared split's texts in batches."""
-    pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group alive
-    for batch in pf.iter_batches(columns=["text"], batch_size=batch_size):
-        yield batch.column("text").to_pylist()

@@ -1,12 +1,19 @@
-"""DVCLive folders that resume without duplicated or missing steps."""
+"""DVCLive folders that resume without duplicated or missing steps.
+
+dvclive is imported when a folder is opened, not with this module: the training loop imports
+this module, and must run where dvclive is not installed when nothing is logged (the GPU
+benchmark image).
+"""
 
 from __future__ import annotations
 
 import csv
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dvclive import Live
+if TYPE_CHECKING:
+    from dvclive import Live
 
 
 def truncate_history(log_dir: Path, last_step: int) -> None:
@@ -32,6 +39,8 @@ def truncate_history(log_dir: Path, last_step: int) -> None:
 
 def open_live(log_dir: Path, resume_step: int | None) -> Live:
     """A Live for a stage's report folder: fresh when resume_step is None, else continued."""
+    from dvclive import Live
+
     if resume_step is not None:
         truncate_history(log_dir, resume_step)
     # dvc.yaml declares metrics and plots itself; the pipeline, not DVCLive, makes experiments

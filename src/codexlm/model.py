@@ -6,6 +6,7 @@ Models are plain Hugging Face `transformers` classes, so what we train is what
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
 
 
@@ -99,6 +101,14 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def uses_dropout(model: torch.nn.Module) -> bool:
+    """Whether training draws dropout masks: from a Dropout module (gpt2's, LoRA's) or from
+    the attention's rate, which llama-like models keep as a float in their config."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    return float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0
+
+
 def lora_targets(model: PreTrainedModel) -> tuple[list[str], bool]:
     """LoRA target modules for an architecture, and whether its layers are Conv1D
     (gpt2 stores weights transposed, which peft must be told with fan_in_fan_out)."""
@@ -148,10 +158,6 @@ def save_model(model: torch.nn.Module, tokenizer_dir: Path, out: Path) -> None:
 
     Under LoRA this is the peft adapter folder (adapter_config.json names the base model).
     """
-    import shutil
-
-    from codexlm.atomic import replace_dir
-
     with replace_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for f in sorted(Path(tokenizer_dir).iterdir()):

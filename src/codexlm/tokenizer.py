@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from codexlm.atomic import sha256_file, write_json
+from codexlm.atomic import replace_dir, sha256_file, write_json
 from codexlm.errors import UserError
 
 EOT = "<|endoftext|>"
@@ -128,6 +129,13 @@ def evenly_spaced(batches: Iterable[list[str]], total_bytes: int, max_bytes: int
     yield from itertools.islice(docs, 0, None, k)
 
 
+def read_texts(path: Path, batch_size: int = 256) -> Iterator[list[str]]:
+    """Stream a prepared split's texts in batches."""
+    pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group alive
+    for batch in pf.iter_batches(columns=["text"], batch_size=batch_size):
+        yield batch.column("text").to_pylist()
+
+
 def tokenize(
     prepared: Path,
     init: str,
@@ -144,9 +152,6 @@ def tokenize(
     holds more than `max_train_bytes` of text (its time and memory grow with the text it
     reads; encoding streams and is not sampled).
     """
-    from codexlm.atomic import replace_dir
-    from codexlm.corpus import read_texts
-
     if init == "scratch":
         batches = read_texts(prepared / "train.parquet")
         if max_train_bytes is None:

@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,10 +25,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from codexlm import checkpoint, parallel
+from codexlm import checkpoint, parallel, provenance
 from codexlm.data import eval_batches, train_batch
+from codexlm.live import open_live
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
+from codexlm.model import count_params
 from codexlm.parallel import weights_finite
 
 
@@ -172,6 +175,37 @@ def validation_loss(
     return float(total) / count
 
 
+class LoopState:
+    """The loop's counters, and the sums it logs every `log_every` steps: with the weights,
+    optimizer and RNG states, what a checkpoint must hold for a resumed run to log what the
+    uninterrupted one would have. The sums and the non-finite counters live on the device
+    (no host sync per step) and are read only at log steps and checkpoints."""
+
+    DEVICE = ("loss_sum", "norm_sum", "good_steps", "bad_total", "bad_run", "bad_max")
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = 0
+        self.tokens_seen = 0
+        self.val_loss: float | None = None
+        self.val_step: int | None = None  # the step val_loss was measured at
+        for name in self.DEVICE:
+            setattr(self, name, torch.zeros((), device=device))
+
+    def state_dict(self) -> dict[str, Any]:
+        plain = {k: getattr(self, k) for k in ("step", "tokens_seen", "val_loss", "val_step")}
+        return {**plain, **{k: float(getattr(self, k)) for k in self.DEVICE}}  # a sync
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in ("step", "tokens_seen", "val_loss", "val_step"):
+            setattr(self, k, state[k])
+        for k in self.DEVICE:
+            getattr(self, k).fill_(state[k])
+
+    def reset_sums(self) -> None:
+        for t in (self.loss_sum, self.norm_sum, self.good_steps):
+            t.zero_()
+
+
 class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
 
@@ -268,8 +302,6 @@ def train(
     (codexlm.parallel); under "fsdp" `model` is left sharded: `parallel.gathered` unshards
     it for saving. `compile_mode` is torch.compile's `mode` (used when `compile` is on).
     """
-    from codexlm.model import count_params
-
     d = dist_info
     device = d.device
     seed_everything(seed)
@@ -286,13 +318,22 @@ def train(
         parallel.shard(fwd, raw, compile, compile_mode)
     opt = build_optimizer(raw, lr, weight_decay, betas)
     params = [p for p in raw.parameters() if p.requires_grad]
+    loop = LoopState(device)
+    # what this run is: params and data (from the caller), and the code and packages that
+    # compute it, so that a checkpoint of other code is never resumed as if it were this run's
+    identity = {
+        "params": run_fingerprint,
+        "code": provenance.code_digest(),
+        "packages": checkpoint.fingerprint(provenance.package_versions()),
+    }
 
     # ---- resume
-    start, tokens_seen, val_loss = 0, 0, None
     ckpt = None
     if d.main:
         if resume == "auto":
-            ckpt = checkpoint.find_resumable(ckpt_dir, run_fingerprint)
+            for message in checkpoint.remove_stale(ckpt_dir, identity):
+                print(f"checkpoint: {message}", file=sys.stderr)
+            ckpt = checkpoint.find_resumable(ckpt_dir)
         else:
             checkpoint.clear(ckpt_dir)
     ckpt = shared_checkpoint(ckpt, d)
@@ -303,19 +344,15 @@ def train(
             raise checkpoint.CheckpointError(f"{ckpt.path}: lacks weights {sorted(missing)[:3]}")
         parallel.load_state(raw, opt, weights, opt_state, mode)
         checkpoint.set_rng_state(ckpt.state["rng"], rng)
-        start, tokens_seen, val_loss = ckpt.step, ckpt.state["tokens_seen"], ckpt.state["val_loss"]
+        loop.load_state_dict(ckpt.state["loop"])
         if d.main:
-            print(f"train: resuming from {ckpt.path} (step {start} of {steps})")
+            print(f"train: resuming from {ckpt.path} (step {loop.step} of {steps})")
     elif d.main:
         print(f"train: starting from step 0 of {steps}")
     if d.main and d.world > 1:
         print(f"train: {d.world} processes, {mode}")
 
-    live = None
-    if d.main and log_dir:  # dvclive is imported only where something is logged
-        from codexlm.live import open_live
-
-        live = open_live(log_dir, start if ckpt else None)
+    live = open_live(log_dir, loop.step if ckpt else None) if d.main and log_dir else None
     n_trainable = count_params(raw, trainable_only=True)
     if live is not None:  # what LoRA saves, against full fine-tuning
         live.log_metric("params/trainable", n_trainable, plot=False)
@@ -359,43 +396,40 @@ def train(
             live.log_metric(k, v)
         live.make_summary()
 
-    def save_checkpoint(step: int) -> None:
+    def validate(step: int) -> None:
+        loop.val_loss, loop.val_step = validation_loss(evaluator, val_data, device, amp), step
+        log(step, {"val/loss": loop.val_loss})
+
+    def save_checkpoint() -> None:
         if not weights_finite(raw, mode, d.world):
-            raise NonFiniteError(f"non-finite weights at step {step}: checkpoint not written")
+            raise NonFiniteError(f"non-finite weights at step {loop.step}: checkpoint not written")
+        if d.world > 1:  # each rank's loss sum, as the cross-rank mean the next log would take
+            dist.all_reduce(loop.loss_sum)
+            loop.loss_sum /= d.world
         weights = parallel.model_state(raw, mode)  # under FSDP: collectives, on every rank
         opt_state = parallel.optimizer_state(raw, opt, mode)
         if d.main:
-            checkpoint.save(
-                ckpt_dir,
-                step,
-                weights,
-                opt_state,
-                {"tokens_seen": tokens_seen, "val_loss": val_loss, "fingerprint": run_fingerprint},
-            )
+            state = {"loop": loop.state_dict(), "identity": identity}
+            # top-level copies read by checkpoint.best and by people looking at the folder
+            state.update(val_loss=loop.val_loss, val_step=loop.val_step)
+            checkpoint.save(ckpt_dir, loop.step, weights, opt_state, state)
             checkpoint.prune(ckpt_dir, keep_checkpoints)
         if d.world > 1:
             dist.barrier()
 
     if ckpt is None:
-        val_loss = validation_loss(evaluator, val_data, device, amp)
-        log(0, {"val/loss": val_loss})
+        validate(0)
 
     stop = StopFlag()
     zero = torch.zeros((), device=device)
-    loss_acc, good_acc, bad_total, bad_run, bad_max = (
-        zero.clone(),
-        zero.clone(),
-        zero.clone(),
-        zero.clone(),
-        zero.clone(),
+    t_last, tokens_last = time.perf_counter(), loop.tokens_seen
+    batches = device_batches(
+        train_tokens, seed, loop.step, steps, batch_size, grad_accum, context, d
     )
-    norm_acc = zero.clone()
-    t_last, tokens_last = time.perf_counter(), tokens_seen
-    batches = device_batches(train_tokens, seed, start, steps, batch_size, grad_accum, context, d)
-    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not d.main)
+    bar = tqdm(total=steps, initial=loop.step, desc="train", unit="step", disable=not d.main)
     restore_determinism = deterministic_kernels(device)  # around the loop: it compiles
     try:
-        for step in range(start, steps):
+        for step in range(loop.step, steps):
             step_lr = lr_at(step, lr, min_lr, warmup_steps, steps)
             for g in opt.param_groups:
                 g["lr"] = step_lr
@@ -418,35 +452,35 @@ def train(
             opt.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            bad_total += bad
-            bad_run = (bad_run + 1) * bad
-            bad_max = torch.maximum(bad_max, bad_run)
-            loss_acc += torch.where(bad, zero, step_loss)
-            norm_acc += torch.where(bad, zero, norm)
-            good_acc += ~bad
-            done = step + 1
-            tokens_seen += tokens_per_step
+            loop.bad_total += bad
+            loop.bad_run.copy_((loop.bad_run + 1) * bad)
+            loop.bad_max.copy_(torch.maximum(loop.bad_max, loop.bad_run))
+            loop.loss_sum += torch.where(bad, zero, step_loss)
+            loop.norm_sum += torch.where(bad, zero, norm)
+            loop.good_steps += ~bad
+            loop.step = done = step + 1
+            loop.tokens_seen += tokens_per_step
             bar.update(1)
 
             if done % log_every == 0 or done == steps:
-                if int(bad_max) >= max_bad_steps:  # a sync, at log intervals only
+                if int(loop.bad_max) >= max_bad_steps:  # a sync, at log intervals only
                     raise NonFiniteError(
-                        f"{int(bad_max)} consecutive steps with a non-finite loss or gradient "
-                        f"(train.max_bad_steps = {max_bad_steps}) before step {done}; "
+                        f"{int(loop.bad_max)} consecutive steps with a non-finite loss or "
+                        f"gradient (train.max_bad_steps = {max_bad_steps}) before step {done}; "
                         "lower train.lr or check the data"
                     )
                 if d.world > 1:  # each rank saw its own share of the batch: average them
-                    dist.all_reduce(loss_acc)
-                    loss_acc /= d.world
+                    dist.all_reduce(loop.loss_sum)
+                    loop.loss_sum /= d.world
                 now = time.perf_counter()
-                good = max(float(good_acc), 1.0)
-                tps = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)
+                good = max(float(loop.good_steps), 1.0)
+                tps = (loop.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
                 metrics = {
-                    "train/loss": float(loss_acc) / good,
+                    "train/loss": float(loop.loss_sum) / good,
                     "lr": step_lr,
-                    "grad_norm": float(norm_acc) / good,
+                    "grad_norm": float(loop.norm_sum) / good,
                     "tokens_per_s": tps,
-                    "bad_steps": float(bad_total),
+                    "bad_steps": float(loop.bad_total),
                 }
                 util = mfu(tps, flops_tok, device_name) if device.type == "cuda" else None
                 if util is not None:
@@ -454,24 +488,21 @@ def train(
                 metrics.update(system_metrics(device))
                 log(done, metrics)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tps:.0f}")
-                loss_acc.zero_()
-                norm_acc.zero_()
-                good_acc.zero_()
-                t_last, tokens_last = time.perf_counter(), tokens_seen
+                loop.reset_sums()
+                t_last, tokens_last = time.perf_counter(), loop.tokens_seen
             if done % eval_every == 0 or done % checkpoint_every == 0 or done == steps:
-                val_loss = validation_loss(evaluator, val_data, device, amp)
-                log(done, {"val/loss": val_loss})
+                validate(done)
             stopping = stop.signum is not None
-            if d.world > 1 and (done % log_every == 0):
+            if d.world > 1 and (done % log_every == 0):  # all ranks agree, at log steps only
                 flag = torch.tensor([float(stopping)], device=device)
                 dist.all_reduce(flag)
                 stopping = bool(flag.item())
             elif d.world > 1:
                 stopping = False
+            # a stop between checkpoints saves this step as it is (no extra validation: the
+            # log after resuming must be the uninterrupted run's)
             if done % checkpoint_every == 0 or done == steps or stopping:
-                if stopping and done % checkpoint_every and done != steps:
-                    val_loss = validation_loss(evaluator, val_data, device, amp)
-                save_checkpoint(done)
+                save_checkpoint()
                 t_last = time.perf_counter()  # checkpoint time is not training throughput
             if stopping and done < steps:
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
@@ -486,15 +517,15 @@ def train(
         if best is not None:
             weights, _, _ = checkpoint.load(best, device)
             parallel.load_state(raw, None, weights, None, mode)
-            val_loss = best.state["val_loss"]
+            loop.val_loss = best.state["val_loss"]
             if d.main:
-                print(f"train: final weights from {best.path} (val loss {val_loss:.4f})")
+                print(f"train: final weights from {best.path} (val loss {loop.val_loss:.4f})")
     if not weights_finite(raw, mode, d.world):
         raise NonFiniteError("non-finite weights after training: models/trained not written")
     summary = {
         "step": steps,
-        "tokens_seen": tokens_seen,
-        "val_loss": val_loss,
+        "tokens_seen": loop.tokens_seen,
+        "val_loss": loop.val_loss,
         "params_trainable": n_trainable,
     }
     if live is not None:
