@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from codexlm import params as schema
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -46,6 +48,15 @@ def tiny_params(source: str) -> dict:
     )
     p["evaluate"].update(batch_size=8, max_new_tokens=8)
     return p
+
+
+def train_args(**overrides: object) -> schema.Train:
+    """params.yaml's train block with overrides, validated as the train stage validates it."""
+    return schema.Train.model_validate({**default_params()["train"], **overrides})
+
+
+def model_args(**overrides: object) -> schema.Model:
+    return schema.Model.model_validate({**default_params()["model"], **overrides})
 
 
 def write_params(repo: Path, params: dict) -> None:

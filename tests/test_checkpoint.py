@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import model_args, train_args
+from safetensors.torch import load_file
 
 from codexlm import checkpoint
 from codexlm import loss as loss_mod
 from codexlm import train as train_mod
+from codexlm.live import LiveLogger
 from codexlm.model import build_model
 
 VOCAB, CONTEXT, STEPS = 64, 16, 8
@@ -33,41 +36,38 @@ def tokens() -> tuple[np.ndarray, np.ndarray]:
 
 
 def new_model(seed: int = 0) -> torch.nn.Module:
-    return build_model("llama", 1, 2, 32, CONTEXT, VOCAB, 0.1, 0, 1, seed)
-
-
-def run_train(tmp: Path, tokens, **overrides) -> tuple[torch.nn.Module, dict]:
-    model = new_model()
-    kw = dict(
-        train_tokens=tokens[0],
-        val_tokens=tokens[1],
-        seed=0,
-        context=CONTEXT,
-        steps=STEPS,
-        batch_size=4,
-        grad_accum=2,
-        lr=1e-2,
-        min_lr=1e-3,
-        warmup_steps=2,
-        weight_decay=0.1,
-        betas=(0.9, 0.95),
-        grad_clip=1.0,
-        precision="fp32",
-        compile=False,
-        eval_every=4,
-        n_eval_batches=2,
-        log_every=1,
-        checkpoint_every=2,
-        keep_checkpoints=2,
-        resume="auto",
-        final="last",
-        max_bad_steps=3,
-        ckpt_dir=tmp / "ckpt",
-        run_fingerprint="fp-a",
-        log_dir=tmp / "log",
+    return build_model(
+        model_args(n_layer=1, n_head=2, d_model=32, context=CONTEXT, dropout=0.1), VOCAB, 0, 1, seed
     )
-    kw.update(overrides)
-    summary = train_mod.train(model, **kw)
+
+
+TRAIN = dict(
+    steps=STEPS,
+    batch_size=4,
+    grad_accum=2,
+    lr=1e-2,
+    min_lr=1e-3,
+    warmup_steps=2,
+    precision="fp32",
+    compile=False,
+    eval_every=4,
+    eval_batches=2,
+    log_every=1,
+    checkpoint_every=2,
+    keep_checkpoints=2,
+    max_bad_steps=3,
+)
+
+
+def run_train(
+    tmp: Path, tokens, fingerprint: str = "fp-a", log: bool = True, **overrides
+) -> tuple[torch.nn.Module, dict]:
+    """A real train() run of a tiny llama (dropout on), logged by DVCLive to tmp/log."""
+    model = new_model()
+    cfg = train_args(**{**TRAIN, **overrides})
+    run = train_mod.Run(seed=0, context=CONTEXT, ckpt_dir=tmp / "ckpt", fingerprint=fingerprint)
+    callbacks = [LiveLogger(tmp / "log")] if log else []
+    summary = train_mod.train(model, tokens[0], tokens[1], cfg, run, callbacks)
     return model, summary
 
 
@@ -165,7 +165,7 @@ def test_other_params_start_fresh(tmp_path, tokens, monkeypatch, capsys) -> None
     with pytest.raises(Crash):
         run_train(tmp_path, tokens)
     monkeypatch.undo()
-    run_train(tmp_path, tokens, run_fingerprint="fp-b", lr=5e-3)
+    run_train(tmp_path, tokens, fingerprint="fp-b", lr=5e-3)
     out, err = capsys.readouterr()
     assert "starting from step 0" in out and "resuming" not in out
     assert "step-00000004 (written by other params or data)" in err
@@ -253,13 +253,20 @@ def test_a_run_of_bad_steps_is_counted_across_a_stop(tmp_path, tokens) -> None:
             run_train(tmp_path, tokens, **kw)
 
 
-def test_resume_never_clears(tmp_path, tokens, monkeypatch, capsys) -> None:
+def test_resume_never_removes_the_old_checkpoints(tmp_path, tokens, monkeypatch, capsys) -> None:
     crash_at(monkeypatch, 5)
     with pytest.raises(Crash):
         run_train(tmp_path, tokens)
-    monkeypatch.undo()
-    run_train(tmp_path, tokens, resume="never")
-    assert "starting from step 0" in capsys.readouterr().out
+    old = checkpoint.candidates(tmp_path / "ckpt")
+    assert [p.name for p in old] == ["step-00000004", "step-00000002"]
+    crash_at(monkeypatch, 3)  # the fresh run dies before it writes step 4 again
+    with pytest.raises(Crash):
+        run_train(tmp_path, tokens, resume="never")
+    out, err = capsys.readouterr()
+    assert "starting from step 0" in out and "resuming" not in out
+    for path in old:
+        assert f"removed {path} (train.resume: never)" in err
+    assert [p.name for p in checkpoint.candidates(tmp_path / "ckpt")] == ["step-00000002"]
 
 
 def test_keeps_newest_and_best(tmp_path, tokens) -> None:
@@ -273,31 +280,57 @@ def test_keeps_newest_and_best(tmp_path, tokens) -> None:
         checkpoint.verify(p)  # every kept checkpoint is complete
 
 
-def test_final_best_uses_best_checkpoint(tmp_path, tokens) -> None:
-    model, summary = run_train(tmp_path, tokens, final="best")
-    best = checkpoint.best(tmp_path / "ckpt")
-    w, _, _ = checkpoint.load(best)
-    state = dict(model.named_parameters())
-    for k, v in w.items():
-        assert torch.equal(state[k].detach(), v)
-    assert summary["val_loss"] == best.state["val_loss"]
+def test_final_best_takes_the_lowest_logged_validation_loss(tmp_path, tokens) -> None:
+    # a high constant lr: validation loss goes down, then up again at the last step
+    kw = dict(lr=0.05, min_lr=0.05, warmup_steps=1, steps=12, keep_checkpoints=1)
+    model, summary = run_train(tmp_path, tokens, final="best", **kw)
+    with (tmp_path / "log/plots/metrics/val/loss.tsv").open(newline="") as f:
+        logged = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f, delimiter="\t")}
+    at_checkpoints = {
+        s: v for s, v in logged.items() if s > 0 and s % TRAIN["checkpoint_every"] == 0
+    }
+    expected = min(at_checkpoints, key=at_checkpoints.get)
+    assert expected != 12, f"this run's best must not be its last step: {logged}"
+    best_weights = load_file(tmp_path / f"ckpt/step-{expected:08d}/model.safetensors")
+    last_weights = load_file(tmp_path / "ckpt/step-00000012/model.safetensors")
+    final = dict(model.named_parameters())
+    assert all(torch.equal(final[k].detach(), v) for k, v in best_weights.items())
+    assert not all(torch.equal(final[k].detach(), v) for k, v in last_weights.items())
+    assert summary["val_loss"] == logged[expected]
 
 
-def test_non_finite_steps_are_skipped_then_fail(tmp_path, tokens, monkeypatch) -> None:
-    """A NaN gradient makes no update; max_bad_steps in a row stop the run with a message."""
-    real = loss_mod.linear_cross_entropy
+class Snapshots:
+    """A callback: the weights after every optimizer step."""
 
-    def nan_loss(*args):
-        return real(*args) * float("nan")
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.after = model, {}
 
-    monkeypatch.setattr(loss_mod, "linear_cross_entropy", nan_loss)
+    def on_step_end(self, step: int) -> None:
+        self.after[step] = weights(self.model)
+
+
+def test_a_non_finite_step_leaves_the_weights_bit_identical(tmp_path, tokens) -> None:
     model = new_model()
-    before = weights(model)
-    with pytest.raises(train_mod.NonFiniteError, match="3 consecutive steps"):
-        run_train(tmp_path, tokens, max_bad_steps=3, checkpoint_every=100)
-    # no checkpoint was written from a non-finite run, weights never updated
-    assert checkpoint.candidates(tmp_path / "ckpt") == []
-    del before
+    snapshots = Snapshots(model)
+    cfg = train_args(**{**TRAIN, "log_every": 1})
+    run = train_mod.Run(seed=0, context=CONTEXT, ckpt_dir=tmp_path / "ckpt", fingerprint="fp")
+    with pytest.MonkeyPatch.context() as mp:
+        stop_at(mp, -1, nan_steps={4, 5})  # steps 5 and 6 (1-based) have a NaN loss
+        summary = train_mod.train(model, tokens[0], tokens[1], cfg, run, [snapshots])
+    after = snapshots.after
+    assert_identical(after[5], after[4])  # no update from a NaN step...
+    assert_identical(after[6], after[4])
+    assert not all(torch.equal(after[4][k], after[3][k]) for k in after[4])  # ...but from others
+    assert not all(torch.equal(after[7][k], after[6][k]) for k in after[7])
+    assert summary["step"] == STEPS
+
+
+def test_max_bad_steps_in_a_row_stop_the_run(tmp_path, tokens) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        stop_at(mp, -1, nan_steps={2, 3, 4})
+        with pytest.raises(train_mod.NonFiniteError, match="3 consecutive steps"):
+            run_train(tmp_path, tokens, max_bad_steps=3, checkpoint_every=100)
+    assert checkpoint.candidates(tmp_path / "ckpt") == []  # nothing written after the NaNs
 
 
 def test_optimizer_state_loads_weights_only(tmp_path, tokens) -> None:
@@ -336,7 +369,26 @@ def test_compile_mode_reaches_torch_compile(tmp_path, tokens, monkeypatch) -> No
 def test_trains_without_dvclive_when_nothing_is_logged(tmp_path, tokens, monkeypatch) -> None:
     """GPU images may lack dvclive: with no log folder train() must not need it."""
     monkeypatch.setitem(sys.modules, "dvclive", None)
-    _, summary = run_train(tmp_path, tokens, log_dir=None)
+    _, summary = run_train(tmp_path, tokens, log=False)
     assert summary["step"] == STEPS
     with pytest.raises(ImportError):
         run_train(tmp_path / "logged", tokens)  # the import is really blocked
+
+
+def test_verify_rejects_an_incomplete_manifest_and_an_unreadable_state(tmp_path) -> None:
+    path = checkpoint.save(tmp_path, 2, {"w": torch.ones(1)}, {}, {"identity": {}})
+    checkpoint.verify(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text("{}")
+    with pytest.raises(checkpoint.CheckpointError, match="not every file it needs"):
+        checkpoint.verify(path)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "state.json").write_text("{not json")
+    manifest["state.json"] = checkpoint.sha256_file(path / "state.json")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(checkpoint.CheckpointError, match=r"state\.json: unreadable"):
+        checkpoint.verify(path)
+    # unreadable: skipped as corrupt by the run, not removed as another run's
+    assert checkpoint.remove_stale(tmp_path, {"params": "p", "code": "c", "packages": "k"}) == []
+    with pytest.warns(UserWarning, match=r"state\.json: unreadable"):
+        assert checkpoint.find_resumable(tmp_path) is None

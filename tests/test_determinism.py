@@ -16,19 +16,22 @@ SCRIPT = """
 import contextlib, hashlib, io, sys, tempfile
 from pathlib import Path
 import numpy as np, torch
+from types import SimpleNamespace
 from codexlm import train as T
 from codexlm.model import build_model
 
 rng = np.random.default_rng(0)
 tokens = rng.integers(0, 512, size=200_000).astype(np.uint16)
-model = build_model("llama", 2, 4, 64, 64, 512, 0.0, 0, 0, seed=0)
+model_cfg = SimpleNamespace(arch="llama", n_layer=2, n_head=4, d_model=64, context=64, dropout=0.0)
+model = build_model(model_cfg, 512, 0, 0, seed=0)
+cfg = SimpleNamespace(
+    steps=6, batch_size=16, grad_accum=1, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+    weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="fp32",
+    compile=sys.argv[1] == "compile", compile_mode="default", eval_every=6, eval_batches=1,
+    log_every=3, checkpoint_every=6, keep_checkpoints=1, resume="never", final="last",
+    max_bad_steps=3, strategy="ddp")
 with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):
-    T.train(model, train_tokens=tokens, val_tokens=tokens[:20_000], seed=0, context=64,
-            steps=6, batch_size=16, grad_accum=1, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-            weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, precision="fp32",
-            compile=sys.argv[1] == "compile", eval_every=6, n_eval_batches=1, log_every=3,
-            checkpoint_every=6, keep_checkpoints=1, resume="never", final="last",
-            max_bad_steps=3, ckpt_dir=Path(d), run_fingerprint="det", log_dir=None)
+    T.train(model, tokens, tokens[:20_000], cfg, T.Run(0, 64, Path(d), "det"))
 digest = hashlib.sha256()
 for name, tensor in sorted(model.state_dict().items()):
     digest.update(name.encode() + tensor.detach().numpy().tobytes())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, copy_repo, run, tiny_params
+from conftest import ROOT, copy_repo, model_args, run, tiny_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,13 @@ def gpt2_base(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from codexlm.model import build_model
 
     tok = AutoTokenizer.from_pretrained(built / "models/tokenizer")
-    model = build_model("gpt2", 1, 2, 32, 32, len(tok), 0.0, tok.eos_token_id, tok.pad_token_id, 0)
+    model = build_model(
+        model_args(arch="gpt2", n_layer=1, n_head=2, d_model=32, context=32),
+        len(tok),
+        tok.eos_token_id,
+        tok.pad_token_id,
+        0,
+    )
     base = tmp_path_factory.mktemp("bases") / "gpt2"
     model.save_pretrained(base)
     tok.save_pretrained(base)

@@ -80,7 +80,7 @@ def test_sigkill_then_dvc_repro_resumes_exactly(built, reference, tmp_path, when
     else:
         wait_for(ckpts / "step-00000008", proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "killed while still training, not finished"
     resumable = sorted(p.name for p in ckpts.glob("step-*"))
     out = run(["dvc", "repro", "train"], repo).stdout
     if resumable:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import model_args
 
 from codexlm.loss import CausalLMLoss, chunk_tokens, linear_cross_entropy, split_head
 from codexlm.metrics import lm_loss
@@ -11,7 +12,9 @@ from codexlm.model import apply_lora, build_model
 
 
 def tiny(arch: str) -> torch.nn.Module:
-    return build_model(arch, 2, 2, 32, 16, 100, 0.0, 0, 0, seed=1)
+    return build_model(
+        model_args(arch=arch, n_layer=2, n_head=2, d_model=32, context=16), 100, 0, 0, seed=1
+    )
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import model_args
 
 from codexlm import parallel
 from codexlm.errors import UserError
@@ -12,7 +13,9 @@ from codexlm.model import apply_lora, build_model
 
 
 def tiny(arch: str, n_layer: int = 2) -> torch.nn.Module:
-    return build_model(arch, n_layer, 2, 32, 16, 100, 0.0, 0, 0, seed=1)
+    return build_model(
+        model_args(arch=arch, n_layer=n_layer, n_head=2, d_model=32, context=16), 100, 0, 0, seed=1
+    )
 
 
 @pytest.mark.parametrize(("arch", "kind"), [("llama", "LlamaDecoderLayer"), ("gpt2", "GPT2Block")])
@@ -41,7 +44,12 @@ def test_one_process_state_is_the_trainable_parameters() -> None:
 
 
 def test_load_state_round_trip() -> None:
-    a, b = tiny("gpt2"), build_model("gpt2", 2, 2, 32, 16, 100, 0.0, 0, 0, seed=2)
+    a, b = (
+        tiny("gpt2"),
+        build_model(
+            model_args(arch="gpt2", n_layer=2, n_head=2, d_model=32, context=16), 100, 0, 0, seed=2
+        ),
+    )
     opt = torch.optim.AdamW(b.parameters())
     parallel.load_state(b, opt, parallel.model_state(a, "ddp"), None, "ddp")
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):

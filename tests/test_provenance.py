@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, model_args
 
 from codexlm import checkpoint, corpus, provenance
 from codexlm.errors import UserError
@@ -205,7 +205,8 @@ def test_compiled_dropout_draws_other_masks_than_eager() -> None:
 
 def test_uses_dropout() -> None:
     def model(arch: str, dropout: float) -> torch.nn.Module:
-        return build_model(arch, 1, 2, 32, 32, 300, dropout, 0, 1, 0)
+        cfg = model_args(arch=arch, n_layer=1, n_head=2, d_model=32, context=32, dropout=dropout)
+        return build_model(cfg, 300, 0, 1, 0)
 
     assert not uses_dropout(model("llama", 0.0))
     assert uses_dropout(model("llama", 0.1))  # attention dropout: a config float

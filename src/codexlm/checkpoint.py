@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from codexlm.atomic import sha256_file
 
 PREFIX = "step-"
+REQUIRED = {"model.safetensors", "optimizer.pt", "rng.pt", "state.json"}  # besides the manifest
 
 
 class CheckpointError(Exception):
@@ -124,13 +125,19 @@ def verify(path: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{manifest_path}: unreadable ({e.__class__.__name__})") from None
+    if not isinstance(manifest, dict) or not REQUIRED <= set(manifest):
+        listed = sorted(manifest) if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{manifest_path}: lists {listed}, not every file it needs")
     for name, digest in manifest.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: sha256 mismatch (corrupt or truncated)")
-    return json.loads((path / "state.json").read_text())
+    state = _read_state(path)
+    if state is None:
+        raise CheckpointError(f"{path / 'state.json'}: unreadable")
+    return state
 
 
 def load(ckpt: Checkpoint, device: torch.device | str = "cpu") -> tuple[dict, dict, dict]:
@@ -225,9 +232,12 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(path)
 
 
-def clear(root: Path) -> None:
-    for path in [*candidates(root), *root.glob(".tmp-*")] if root.is_dir() else []:
+def clear(root: Path) -> list[Path]:
+    """Remove every checkpoint (and interrupted write) under root; return what was removed."""
+    removed = [*candidates(root), *root.glob(".tmp-*")] if root.is_dir() else []
+    for path in removed:
         shutil.rmtree(path)
+    return removed
 
 
 def folder_digest(path: Path) -> str:

@@ -13,10 +13,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codexlm.errors import UserError
+
 
 def load_tokens(token_dir: Path, split: str) -> np.ndarray:
     meta = json.loads((token_dir / "meta.json").read_text())
     return np.memmap(token_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def check_splits(meta: dict, context: int, eval_batches: int, batch_size: int) -> None:
+    """Params that only make sense against the token files: refused before any work."""
+    need = context + 1
+    for split in ("train", "val"):
+        if meta["tokens"][split] < need:
+            raise UserError(
+                f"model.context: {context} needs at least {need} tokens, "
+                f"the {split} split has {meta['tokens'][split]}"
+            )
+    if eval_batches * batch_size > 100 * meta["tokens"]["val"]:
+        raise UserError("train.eval_batches: far more validation windows than the val split holds")
 
 
 def _windows(

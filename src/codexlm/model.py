@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import (
@@ -27,19 +28,32 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
+class ModelArgs(Protocol):
+    """What building a model reads of the `model` params block (`params.Model` has it)."""
+
+    init: str
+    arch: str
+    n_layer: int
+    n_head: int
+    d_model: int
+    context: int
+    dropout: float
+
+
+class LoraArgs(Protocol):
+    enabled: bool
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: str | list[str]
+
+
 def build_model(
-    arch: str,
-    n_layer: int,
-    n_head: int,
-    d_model: int,
-    context: int,
-    vocab_size: int,
-    dropout: float,
-    eos_id: int,
-    pad_id: int,
-    seed: int,
+    cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int, seed: int
 ) -> PreTrainedModel:
     """A freshly initialised llama or gpt2 with tied input/output embeddings."""
+    arch, n_layer, n_head, d_model = cfg.arch, cfg.n_layer, cfg.n_head, cfg.d_model
+    context, dropout = cfg.context, cfg.dropout
     common = dict(
         vocab_size=padded_vocab(vocab_size),
         bos_token_id=eos_id,
@@ -89,6 +103,27 @@ def load_model(path: Path) -> PreTrainedModel:
         )
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"model.init: cannot load {path}: {str(e).splitlines()[0]}") from None
+
+
+def model_for(cfg: ModelArgs, lora: LoraArgs, tokens_meta: dict, seed: int) -> torch.nn.Module:
+    """The model the train stage trains: built from `cfg` (`init: scratch`) or loaded from
+    `cfg.init` (its embeddings grown to the tokenizer's size), wrapped with LoRA if enabled."""
+    vocab = tokens_meta["vocab_size"]
+    if cfg.init == "scratch":
+        model = build_model(cfg, vocab, tokens_meta["eot_id"], tokens_meta["pad_id"], seed)
+    else:
+        model = load_model(Path(cfg.init))
+        limit = context_limit(model)
+        if limit is not None and cfg.context > limit:
+            raise UserError(
+                f"model.context: {cfg.context} exceeds what {cfg.init} supports ({limit})"
+            )
+        if model.get_input_embeddings().weight.shape[0] < vocab:
+            # the tokenizer gained tokens the checkpoint has no embeddings for
+            model.resize_token_embeddings(vocab, pad_to_multiple_of=64)
+    if lora.enabled:
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    return model
 
 
 def context_limit(model: PreTrainedModel) -> int | None:

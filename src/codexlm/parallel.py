@@ -13,6 +13,9 @@ they are ordinary safetensors files whatever the strategy.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +32,46 @@ from torch.distributed.tensor import DTensor
 from codexlm.errors import UserError
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets it, on the CPU
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def relaunch(nproc: int, script: str) -> None:
+    """With nproc > 1, replace this process by `torchrun` running `script` nproc times
+    (unless torchrun started it); refuse a hand-started torchrun of another size."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        args = ["--standalone", f"--nproc_per_node={nproc}", script]
+        os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run", *args])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != nproc:  # a torchrun started by hand (several nodes) must agree with params
+        raise UserError(
+            f"train.nproc: {nproc}, but torchrun started {world} processes in all; set it "
+            "to the total (it sets the global batch, which checkpoints are matched on)"
+        )
+
+
+def init_distributed() -> Dist:
+    """One process, or one of `torchrun`'s: gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, device)
 
 
 def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,63 +1,79 @@
 """The training loop: AdamW, warmup + cosine, accumulation, clipping, autocast, compile, DDP.
 
-Read top to bottom: `train()` composes small functions. There is no host-device sync inside
-a step except at log intervals: losses, gradient norms and non-finite counts accumulate on
-the device, and a step with a non-finite gradient is skipped by fused AdamW's `found_inf`
-without the host having to look at it.
+Read `train()` first: it sets up (optimizer, restore, compile and wrap), then runs each step
+as `train_step` -> `log` -> `validate` -> `checkpointer.maybe_save`, with the loop's counters
+in one `LoopState`, which is what a checkpoint stores besides weights, optimizer and RNG.
+There is no host-device sync inside a step except at log intervals: losses, gradient norms
+and non-finite counts accumulate on the device, and a step with a non-finite gradient is
+skipped by fused AdamW's `found_inf` without the host having to look at it. What the loop
+reports goes to callbacks (`codexlm.callbacks`): DVCLive and a progress bar in the train
+stage, timers in the benchmarks.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
+import random
 import signal
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from codexlm import checkpoint, parallel, provenance
+from codexlm import checkpoint, checkpointer, parallel, provenance
+from codexlm.callbacks import Start, emit
 from codexlm.data import eval_batches, train_batch
-from codexlm.live import open_live
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
-from codexlm.parallel import weights_finite
+from codexlm.parallel import Dist, weights_finite
+
+
+class TrainArgs(Protocol):
+    """What the loop reads of the `train` params block: `params.Train` has this shape, and
+    so does any object with these attributes (the GPU benchmark image has no pydantic)."""
+
+    steps: int
+    batch_size: int
+    grad_accum: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float
+    precision: str
+    compile: bool
+    compile_mode: str
+    eval_every: int
+    eval_batches: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    resume: str
+    final: str
+    max_bad_steps: int
+    strategy: str
 
 
 @dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+class Run:
+    """What a run is besides its train params."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    """One process, or one of `torchrun`'s: gloo on CPU, nccl on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, device)
+    seed: int
+    context: int
+    ckpt_dir: Path
+    fingerprint: str  # of its params and data; train() adds the code and the packages
+    dist: Dist = field(default_factory=Dist)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -96,8 +112,6 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -121,14 +135,7 @@ def deterministic_kernels(device: torch.device) -> Callable[[], None]:
 
 
 def device_batches(
-    tokens: np.ndarray,
-    seed: int,
-    start: int,
-    steps: int,
-    batch_size: int,
-    grad_accum: int,
-    context: int,
-    d: Dist,
+    tokens: np.ndarray, seed: int, start: int, cfg: TrainArgs, context: int, d: Dist
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's micro-batches of steps start..steps-1, in order, one ahead of the loop.
 
@@ -139,7 +146,7 @@ def device_batches(
 
     def fetch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = train_batch(
-            tokens, seed, step, micro, batch_size, grad_accum, context, d.rank, d.world
+            tokens, seed, step, micro, cfg.batch_size, cfg.grad_accum, context, d.rank, d.world
         )
         if d.device.type != "cuda":
             return x, y
@@ -149,7 +156,7 @@ def device_batches(
         )
 
     pending = None
-    for step, micro in itertools.product(range(start, steps), range(grad_accum)):
+    for step, micro in itertools.product(range(start, cfg.steps), range(cfg.grad_accum)):
         ready, pending = pending, fetch(step, micro)
         if ready is not None:
             yield ready
@@ -201,6 +208,15 @@ class LoopState:
         for k in self.DEVICE:
             getattr(self, k).fill_(state[k])
 
+    def count(self, loss: torch.Tensor, norm: torch.Tensor, bad: torch.Tensor) -> None:
+        """Add one step: a non-finite one (bad) adds to the non-finite counters only."""
+        self.bad_total += bad
+        self.bad_run.copy_((self.bad_run + 1) * bad)
+        self.bad_max.copy_(torch.maximum(self.bad_max, self.bad_run))
+        self.loss_sum += torch.where(bad, 0.0, loss)
+        self.norm_sum += torch.where(bad, 0.0, norm)
+        self.good_steps += ~bad
+
     def reset_sums(self) -> None:
         for t in (self.loss_sum, self.norm_sum, self.good_steps):
             t.zero_()
@@ -215,6 +231,17 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+
+    def requested(self, step: int, log_every: int, d: Dist) -> bool:
+        """Whether to stop after `step`. With several processes they must agree, so the
+        flag is all-reduced, at log steps only (a collective per step would cost a sync)."""
+        if d.world == 1:
+            return self.signum is not None
+        if step % log_every:
+            return False
+        flag = torch.tensor([float(self.signum is not None)], device=d.device)
+        dist.all_reduce(flag)
+        return bool(flag.item())
 
     def restore(self) -> None:
         for s, h in self._old.items():
@@ -237,8 +264,6 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     DVCLive's monitor_system is not used: its thread logs wall-clock timestamps at its own
     steps and fails with a traceback on machines without NVML.
     """
-    import psutil
-
     out = {
         "system/cpu_percent": psutil.cpu_percent(),
         "system/rss_gb": psutil.Process().memory_info().rss / 2**30,
@@ -252,282 +277,275 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
-def shared_checkpoint(ckpt: checkpoint.Checkpoint | None, d: Dist) -> checkpoint.Checkpoint | None:
-    """Rank 0's choice of checkpoint (or None), opened and verified on every rank."""
-    if d.world == 1:
-        return ckpt
-    box = [str(ckpt.path) if ckpt else None]
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is None or d.main:
-        return ckpt
-    return checkpoint.Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
+@dataclass
+class Parts:
+    """The model as the loop uses it."""
+
+    raw: torch.nn.Module  # as built: the names checkpoints store
+    fwd: torch.nn.Module  # the loss module that trains: sharded, compiled and/or DDP-wrapped
+    evaluator: torch.nn.Module  # the loss module that validates
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]  # the trainable ones
+    mode: str  # ddp | fsdp (one process: ddp, a plain model)
+    amp: torch.dtype | None
 
 
-def train(
-    model: torch.nn.Module,
-    *,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray,
-    seed: int,
-    context: int,
-    steps: int,
-    batch_size: int,
-    grad_accum: int,
-    lr: float,
-    min_lr: float,
-    warmup_steps: int,
-    weight_decay: float,
-    betas: tuple[float, float],
-    grad_clip: float,
-    precision: str,
-    compile: bool,
-    eval_every: int,
-    n_eval_batches: int,
-    log_every: int,
-    checkpoint_every: int,
-    keep_checkpoints: int,
-    resume: str,
-    final: str,
-    max_bad_steps: int,
-    ckpt_dir: Path,
-    run_fingerprint: str,
-    log_dir: Path | None,
-    dist_info: Dist = Dist(),
-    strategy: str = "ddp",
-    compile_mode: str = "default",
-) -> dict[str, Any]:
-    """Train `model` in place; return a summary. Rank 0 alone logs and checkpoints.
-
-    With several processes, `strategy` "ddp" replicates the model and "fsdp" shards it
-    (codexlm.parallel); under "fsdp" `model` is left sharded: `parallel.gathered` unshards
-    it for saving. `compile_mode` is torch.compile's `mode` (used when `compile` is on).
-    """
-    d = dist_info
-    device = d.device
-    seed_everything(seed)
-    raw = model.to(device)
+def setup(model: torch.nn.Module, cfg: TrainArgs, d: Dist) -> Parts:
+    """Move, shard under FSDP, and build the optimizer; compile and DDP come after restoring
+    (`wrap`), since a checkpoint's names are the raw model's."""
+    raw = model.to(d.device)
     raw.train()
-    amp = autocast_dtype(precision, device)
-    if device.type == "cuda":
+    if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    mode = "fsdp" if strategy == "fsdp" and d.world > 1 else "ddp"  # one process: plain
-    fsdp = mode == "fsdp"
+    mode = "fsdp" if cfg.strategy == "fsdp" and d.world > 1 else "ddp"
     fwd: torch.nn.Module = CausalLMLoss(raw)
-    if fsdp:  # sharding turns parameters into DTensors: before the optimizer sees them
-        parallel.shard(fwd, raw, compile, compile_mode)
-    opt = build_optimizer(raw, lr, weight_decay, betas)
+    if mode == "fsdp":  # sharding turns parameters into DTensors: before the optimizer sees them
+        parallel.shard(fwd, raw, cfg.compile, cfg.compile_mode)
+    opt = build_optimizer(raw, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     params = [p for p in raw.parameters() if p.requires_grad]
-    loop = LoopState(device)
-    # what this run is: params and data (from the caller), and the code and packages that
-    # compute it, so that a checkpoint of other code is never resumed as if it were this run's
-    identity = {
-        "params": run_fingerprint,
-        "code": provenance.code_digest(),
-        "packages": checkpoint.fingerprint(provenance.package_versions()),
-    }
-
-    # ---- resume
-    ckpt = None
-    if d.main:
-        if resume == "auto":
-            for message in checkpoint.remove_stale(ckpt_dir, identity):
-                print(f"checkpoint: {message}", file=sys.stderr)
-            ckpt = checkpoint.find_resumable(ckpt_dir)
-        else:
-            checkpoint.clear(ckpt_dir)
-    ckpt = shared_checkpoint(ckpt, d)
-    if ckpt is not None:
-        weights, opt_state, rng = checkpoint.load(ckpt, device)
-        missing = set(parallel.trainable_names(raw)) - set(weights)
-        if missing:
-            raise checkpoint.CheckpointError(f"{ckpt.path}: lacks weights {sorted(missing)[:3]}")
-        parallel.load_state(raw, opt, weights, opt_state, mode)
-        checkpoint.set_rng_state(ckpt.state["rng"], rng)
-        loop.load_state_dict(ckpt.state["loop"])
-        if d.main:
-            print(f"train: resuming from {ckpt.path} (step {loop.step} of {steps})")
-    elif d.main:
-        print(f"train: starting from step 0 of {steps}")
-    if d.main and d.world > 1:
-        print(f"train: {d.world} processes, {mode}")
-
-    live = open_live(log_dir, loop.step if ckpt else None) if d.main and log_dir else None
-    n_trainable = count_params(raw, trainable_only=True)
-    if live is not None:  # what LoRA saves, against full fine-tuning
-        live.log_metric("params/trainable", n_trainable, plot=False)
-        live.log_metric("params/total", count_params(raw), plot=False)
-        optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in params)  # AdamW m, v
-        live.log_metric("params/optimizer_state_bytes", optimizer_bytes, plot=False)
-
     # Validation runs uncompiled and unwrapped (except under FSDP, whose sharded parameters
     # only the wrapped module can gather): a no-grad graph would be a second compilation
     # (12 s on the CPU default, more on GPUs) for a few batches per evaluation, and every
     # rank scores the same validation windows, so DDP has nothing to synchronise.
-    evaluator = fwd if fsdp else CausalLMLoss(raw)
-    # ---- compile and wrap (after loading: the checkpoint's names are the raw model's)
-    if compile and not fsdp:
-        fwd = torch.compile(fwd, mode=compile_mode)
-    if d.world > 1 and not fsdp:
-        fwd = torch.nn.parallel.DistributedDataParallel(
-            fwd, device_ids=[device.index] if device.type == "cuda" else None
+    evaluator = fwd if mode == "fsdp" else CausalLMLoss(raw)
+    amp = autocast_dtype(cfg.precision, d.device)
+    return Parts(raw, fwd, evaluator, opt, params, mode, amp)
+
+
+def wrap(parts: Parts, cfg: TrainArgs, d: Dist) -> None:
+    if cfg.compile and parts.mode != "fsdp":
+        parts.fwd = torch.compile(parts.fwd, mode=cfg.compile_mode)
+    if d.world > 1 and parts.mode != "fsdp":
+        parts.fwd = torch.nn.parallel.DistributedDataParallel(
+            parts.fwd, device_ids=[d.device.index] if d.device.type == "cuda" else None
         )
 
-    # n_eval_batches global batches of windows, the same set whatever the process count
-    val_data = eval_batches(
-        val_tokens, seed, n_eval_batches * grad_accum * d.world, batch_size, context
-    )
-    global_batch = batch_size * grad_accum * d.world
-    tokens_per_step = global_batch * context
+
+def train_step(
+    parts: Parts, batches: Iterator, loop: LoopState, lr: float, cfg: TrainArgs, d: Dist
+) -> None:
+    """One optimizer step over grad_accum micro-batches; sums stay on the device."""
+    for g in parts.opt.param_groups:
+        g["lr"] = lr
+    step_loss = torch.zeros((), device=d.device)
+    for micro in range(cfg.grad_accum):
+        x, y = next(batches)
+        # DDP and FSDP reduce gradients on the last micro-step only
+        with parallel.grad_sync(parts.fwd, parts.mode, d.world, micro == cfg.grad_accum - 1):
+            with torch.autocast(
+                d.device.type, dtype=parts.amp or torch.float32, enabled=parts.amp is not None
+            ):
+                loss = parts.fwd(x, y)
+            (loss / cfg.grad_accum).backward()
+        step_loss += loss.detach() / cfg.grad_accum
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    norm = parallel.local(torch.nn.utils.clip_grad_norm_(parts.params, clip))  # DTensor: FSDP
+    bad = ~torch.isfinite(norm)
+    parts.opt.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
+    parts.opt.step()
+    parts.opt.zero_grad(set_to_none=True)
+    loop.count(step_loss, norm, bad)
+
+
+def log_metrics(loop: LoopState, lr: float, cfg: TrainArgs, d: Dist, rate: Rate) -> dict:
+    """What a log step reports; reads the device sums (a sync) and resets them."""
+    if int(loop.bad_max) >= cfg.max_bad_steps:
+        raise NonFiniteError(
+            f"{int(loop.bad_max)} consecutive steps with a non-finite loss or gradient "
+            f"(train.max_bad_steps = {cfg.max_bad_steps}) before step {loop.step}; "
+            "lower train.lr or check the data"
+        )
+    if d.world > 1:  # each rank saw its own share of the batch: average them
+        dist.all_reduce(loop.loss_sum)
+        loop.loss_sum /= d.world
+    good = max(float(loop.good_steps), 1.0)
+    tps = rate.tokens_per_s(loop.tokens_seen)
+    metrics = {
+        "train/loss": float(loop.loss_sum) / good,
+        "lr": lr,
+        "grad_norm": float(loop.norm_sum) / good,
+        "tokens_per_s": tps,
+        "bad_steps": float(loop.bad_total),
+    }
+    util = mfu(tps, rate.flops_per_token, rate.device_name) if d.device.type == "cuda" else None
+    if util is not None:
+        metrics["mfu"] = util
+    metrics.update(system_metrics(d.device))
+    loop.reset_sums()
+    return metrics
+
+
+class Rate:
+    """Training throughput since the last log step, checkpoint writes excluded."""
+
+    def __init__(self, tokens_seen: int, flops_per_token: float, device_name: str) -> None:
+        self.flops_per_token, self.device_name = flops_per_token, device_name
+        self.restart(tokens_seen)
+
+    def restart(self, tokens_seen: int) -> None:
+        self.t, self.tokens = time.perf_counter(), tokens_seen
+
+    def exclude(self, seconds: float) -> None:
+        self.t += seconds
+
+    def tokens_per_s(self, tokens_seen: int) -> float:
+        return (tokens_seen - self.tokens) / max(time.perf_counter() - self.t, 1e-9)
+
+
+def save_checkpoint(
+    parts: Parts, loop: LoopState, policy: checkpointer.Policy, d: Dist, callbacks: Sequence[Any]
+) -> float:
+    """Write this step's checkpoint; return the seconds it took."""
+    started = time.perf_counter()
+    if not weights_finite(parts.raw, parts.mode, d.world):
+        raise NonFiniteError(f"non-finite weights at step {loop.step}: checkpoint not written")
+    if d.world > 1:  # each rank's loss sum, as the cross-rank mean the next log would take
+        dist.all_reduce(loop.loss_sum)
+        loop.loss_sum /= d.world
+    path = checkpointer.save(policy, parts.raw, parts.opt, parts.mode, loop.state_dict(), d)
+    seconds = time.perf_counter() - started
+    emit(callbacks, "on_checkpoint", loop.step, path, seconds)
+    return seconds
+
+
+def model_flops_per_token(raw: torch.nn.Module, context: int) -> float:
     cfg = getattr(raw, "config", None)
-    flops_tok = flops_per_token(
-        count_params(raw),
-        getattr(cfg, "num_hidden_layers", 0) or 0,
-        getattr(cfg, "hidden_size", 0) or 0,
-        context,
+    layers = getattr(cfg, "num_hidden_layers", 0) or 0
+    return flops_per_token(count_params(raw), layers, getattr(cfg, "hidden_size", 0) or 0, context)
+
+
+def device_name(d: Dist) -> str:
+    return torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
+
+
+def announce(ckpt: checkpoint.Checkpoint | None, loop: LoopState, cfg: TrainArgs, d: Dist) -> None:
+    if not d.main:
+        return
+    if ckpt is not None:
+        print(f"train: resuming from {ckpt.path} (step {loop.step} of {cfg.steps})")
+    else:
+        print(f"train: starting from step 0 of {cfg.steps}")
+    if d.world > 1:
+        print(f"train: {d.world} processes, {'fsdp' if cfg.strategy == 'fsdp' else 'ddp'}")
+
+
+def start_info(parts: Parts, loop: LoopState, cfg: TrainArgs, resumed: bool) -> Start:
+    return Start(
+        steps=cfg.steps,
+        start=loop.step,
+        resumed=resumed,
+        params_trainable=count_params(parts.raw, trainable_only=True),
+        params_total=count_params(parts.raw),
+        # AdamW's two moments per trainable parameter: what LoRA saves
+        optimizer_state_bytes=2 * sum(p.numel() * p.element_size() for p in parts.params),
     )
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
-    def log(step: int, metrics: dict[str, float]) -> None:
-        if live is None:
-            return
-        live.step = step
-        for k, v in metrics.items():
-            live.log_metric(k, v)
-        live.make_summary()
 
-    def validate(step: int) -> None:
-        loop.val_loss, loop.val_step = validation_loss(evaluator, val_data, device, amp), step
-        log(step, {"val/loss": loop.val_loss})
+def train(
+    model: torch.nn.Module,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    cfg: TrainArgs,
+    run: Run,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Train `model` in place and return a summary; rank 0 alone checkpoints and reports.
 
-    def save_checkpoint() -> None:
-        if not weights_finite(raw, mode, d.world):
-            raise NonFiniteError(f"non-finite weights at step {loop.step}: checkpoint not written")
-        if d.world > 1:  # each rank's loss sum, as the cross-rank mean the next log would take
-            dist.all_reduce(loop.loss_sum)
-            loop.loss_sum /= d.world
-        weights = parallel.model_state(raw, mode)  # under FSDP: collectives, on every rank
-        opt_state = parallel.optimizer_state(raw, opt, mode)
-        if d.main:
-            state = {"loop": loop.state_dict(), "identity": identity}
-            # top-level copies read by checkpoint.best and by people looking at the folder
-            state.update(val_loss=loop.val_loss, val_step=loop.val_step)
-            checkpoint.save(ckpt_dir, loop.step, weights, opt_state, state)
-            checkpoint.prune(ckpt_dir, keep_checkpoints)
-        if d.world > 1:
-            dist.barrier()
-
-    if ckpt is None:
-        validate(0)
-
-    stop = StopFlag()
-    zero = torch.zeros((), device=device)
-    t_last, tokens_last = time.perf_counter(), loop.tokens_seen
-    batches = device_batches(
-        train_tokens, seed, loop.step, steps, batch_size, grad_accum, context, d
+    With several processes, `cfg.strategy` "ddp" replicates the model and "fsdp" shards it
+    (codexlm.parallel); under "fsdp" `model` is left sharded: `parallel.gathered` unshards it.
+    """
+    d = run.dist
+    seed_everything(run.seed)
+    parts = setup(model, cfg, d)
+    policy = checkpointer.Policy(
+        run.ckpt_dir,
+        # params and data, and the code and packages that compute them: a checkpoint of
+        # other code is never resumed as if it were this run's
+        identity={
+            "params": run.fingerprint,
+            "code": provenance.code_digest(),
+            "packages": checkpoint.fingerprint(provenance.package_versions()),
+        },
+        every=cfg.checkpoint_every,
+        keep=cfg.keep_checkpoints,
+        resume=cfg.resume,
+        final=cfg.final,
     )
-    bar = tqdm(total=steps, initial=loop.step, desc="train", unit="step", disable=not d.main)
-    restore_determinism = deterministic_kernels(device)  # around the loop: it compiles
+    loop = LoopState(d.device)
+    ckpt = checkpointer.restore(policy, parts.raw, parts.opt, parts.mode, d)
+    if ckpt is not None:
+        loop.load_state_dict(ckpt.state["loop"])
+    announce(ckpt, loop, cfg, d)
+    wrap(parts, cfg, d)
+    reporters = callbacks if d.main else ()
+    emit(reporters, "on_start", start_info(parts, loop, cfg, ckpt is not None))
     try:
-        for step in range(loop.step, steps):
-            step_lr = lr_at(step, lr, min_lr, warmup_steps, steps)
-            for g in opt.param_groups:
-                g["lr"] = step_lr
-            step_loss = zero.clone()
-            for micro in range(grad_accum):
-                x, y = next(batches)
-                last_micro = micro == grad_accum - 1
-                # DDP and FSDP reduce gradients on the last micro-step only
-                with parallel.grad_sync(fwd, mode, d.world, last_micro):
-                    with torch.autocast(
-                        device.type, dtype=amp or torch.float32, enabled=amp is not None
-                    ):
-                        loss = fwd(x, y)
-                    (loss / grad_accum).backward()
-                step_loss += loss.detach() / grad_accum
-            norm = parallel.local(  # a replicated DTensor under FSDP
-                torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-            )
-            bad = ~torch.isfinite(norm)
-            opt.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loop.bad_total += bad
-            loop.bad_run.copy_((loop.bad_run + 1) * bad)
-            loop.bad_max.copy_(torch.maximum(loop.bad_max, loop.bad_run))
-            loop.loss_sum += torch.where(bad, zero, step_loss)
-            loop.norm_sum += torch.where(bad, zero, norm)
-            loop.good_steps += ~bad
-            loop.step = done = step + 1
-            loop.tokens_seen += tokens_per_step
-            bar.update(1)
-
-            if done % log_every == 0 or done == steps:
-                if int(loop.bad_max) >= max_bad_steps:  # a sync, at log intervals only
-                    raise NonFiniteError(
-                        f"{int(loop.bad_max)} consecutive steps with a non-finite loss or "
-                        f"gradient (train.max_bad_steps = {max_bad_steps}) before step {done}; "
-                        "lower train.lr or check the data"
-                    )
-                if d.world > 1:  # each rank saw its own share of the batch: average them
-                    dist.all_reduce(loop.loss_sum)
-                    loop.loss_sum /= d.world
-                now = time.perf_counter()
-                good = max(float(loop.good_steps), 1.0)
-                tps = (loop.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
-                metrics = {
-                    "train/loss": float(loop.loss_sum) / good,
-                    "lr": step_lr,
-                    "grad_norm": float(loop.norm_sum) / good,
-                    "tokens_per_s": tps,
-                    "bad_steps": float(loop.bad_total),
-                }
-                util = mfu(tps, flops_tok, device_name) if device.type == "cuda" else None
-                if util is not None:
-                    metrics["mfu"] = util
-                metrics.update(system_metrics(device))
-                log(done, metrics)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tps:.0f}")
-                loop.reset_sums()
-                t_last, tokens_last = time.perf_counter(), loop.tokens_seen
-            if done % eval_every == 0 or done % checkpoint_every == 0 or done == steps:
-                validate(done)
-            stopping = stop.signum is not None
-            if d.world > 1 and (done % log_every == 0):  # all ranks agree, at log steps only
-                flag = torch.tensor([float(stopping)], device=device)
-                dist.all_reduce(flag)
-                stopping = bool(flag.item())
-            elif d.world > 1:
-                stopping = False
-            # a stop between checkpoints saves this step as it is (no extra validation: the
-            # log after resuming must be the uninterrupted run's)
-            if done % checkpoint_every == 0 or done == steps or stopping:
-                save_checkpoint()
-                t_last = time.perf_counter()  # checkpoint time is not training throughput
-            if stopping and done < steps:
-                raise Interrupted(stop.signum or signal.SIGTERM, done)
-    finally:
-        restore_determinism()
-        bar.close()
-        stop.restore()
-
-    if final == "best":
-        # every rank loads it (under FSDP each keeps its shard)
-        best = shared_checkpoint(checkpoint.best(ckpt_dir) if d.main else None, d)
+        run_steps(parts, loop, policy, train_tokens, val_tokens, cfg, run, reporters)
+        best = checkpointer.load_final(policy, parts.raw, parts.mode, d)
         if best is not None:
-            weights, _, _ = checkpoint.load(best, device)
-            parallel.load_state(raw, None, weights, None, mode)
             loop.val_loss = best.state["val_loss"]
             if d.main:
                 print(f"train: final weights from {best.path} (val loss {loop.val_loss:.4f})")
-    if not weights_finite(raw, mode, d.world):
-        raise NonFiniteError("non-finite weights after training: models/trained not written")
-    summary = {
-        "step": steps,
-        "tokens_seen": loop.tokens_seen,
-        "val_loss": loop.val_loss,
-        "params_trainable": n_trainable,
-    }
-    if live is not None:
-        live.end()
-    return summary
+        if not weights_finite(parts.raw, parts.mode, d.world):
+            raise NonFiniteError("non-finite weights after training: models/trained not written")
+        summary = {
+            "step": cfg.steps,
+            "tokens_seen": loop.tokens_seen,
+            "val_loss": loop.val_loss,
+            "params_trainable": count_params(parts.raw, trainable_only=True),
+        }
+        emit(reporters, "on_end", summary)
+        return summary
+    finally:
+        emit(reporters, "on_close")
+
+
+def run_steps(
+    parts: Parts,
+    loop: LoopState,
+    policy: checkpointer.Policy,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    cfg: TrainArgs,
+    run: Run,
+    callbacks: Sequence[Any],
+) -> None:
+    """Steps loop.step+1 .. cfg.steps, each: train, log, validate, checkpoint, stop?"""
+    d = run.dist
+    # cfg.eval_batches global batches of windows, the same set whatever the process count
+    n_val = cfg.eval_batches * cfg.grad_accum * d.world
+    val_data = eval_batches(val_tokens, run.seed, n_val, cfg.batch_size, run.context)
+
+    def validate(step: int) -> None:
+        loop.val_loss = validation_loss(parts.evaluator, val_data, d.device, parts.amp)
+        loop.val_step = step
+        emit(callbacks, "on_validate", step, loop.val_loss)
+
+    if loop.step == 0:
+        validate(0)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * run.context
+    rate = Rate(loop.tokens_seen, model_flops_per_token(parts.raw, run.context), device_name(d))
+    batches = device_batches(train_tokens, run.seed, loop.step, cfg, run.context, d)
+    stop = StopFlag()
+    restore_determinism = deterministic_kernels(d.device)  # around the loop: it compiles
+    try:
+        for step in range(loop.step, cfg.steps):
+            lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
+            train_step(parts, batches, loop, lr, cfg, d)
+            loop.step, loop.tokens_seen = step + 1, loop.tokens_seen + tokens_per_step
+            done = loop.step
+            emit(callbacks, "on_step_end", done)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                emit(callbacks, "on_log", done, log_metrics(loop, lr, cfg, d, rate))
+                rate.restart(loop.tokens_seen)
+            if done % cfg.eval_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                validate(done)
+            stopping = stop.requested(done, cfg.log_every, d)
+            if checkpointer.due(policy, done, cfg.steps, stopping):
+                rate.exclude(save_checkpoint(parts, loop, policy, d, callbacks))
+            if stopping and done < cfg.steps:
+                raise Interrupted(stop.signum or signal.SIGTERM, done)
+    finally:
+        restore_determinism()
+        stop.restore()
