@@ -32,8 +32,8 @@ TRAIN_LOG = Path("reports/train")
 
 
 def main() -> None:
-    provenance.check_environment()
     p = params.load()
+    provenance.check_environment()  # after params: their mistakes are the commonest
     e = p.evaluate
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_trained(Path("models/trained"), p.model.init if p.lora.enabled else None)

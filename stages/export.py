@@ -20,8 +20,8 @@ PROVENANCE = ("data/prepared", "data/tokens", "models/tokenizer", "models/traine
 
 
 def main() -> None:
-    provenance.check_environment()
     p = params.load()
+    provenance.check_environment()  # after params: their mistakes are the commonest
     raw_params = yaml.safe_load(Path(params.PARAMS_FILE).read_text())
     card = {
         "name": "codexlm",

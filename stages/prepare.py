@@ -15,8 +15,8 @@ STDLIB_MARKER = Path("stdlib")
 
 
 def main() -> None:
-    provenance.check_environment()
     p = params.load().data
+    provenance.check_environment()  # after params: their mistakes are the commonest
     # the default corpus is this interpreter's: refused unless ./stdlib records it
     identity = corpus.check_stdlib_marker(STDLIB_MARKER) if p.source == "stdlib" else None
     stats = corpus.prepare(

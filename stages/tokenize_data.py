@@ -16,8 +16,8 @@ from codexlm.tokenizer import tokenize
 
 
 def main() -> None:
-    provenance.check_environment()
     p = params.load()
+    provenance.check_environment()  # after params: their mistakes are the commonest
     meta = tokenize(
         prepared=Path("data/prepared"),
         init=p.model.init,

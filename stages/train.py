@@ -1,8 +1,5 @@
 """train: data/tokens + models/tokenizer -> models/trained/, models/checkpoints/, reports/train/
-
-With train.nproc > 1 the stage re-launches itself under torchrun (DDP, or FSDP with
-train.strategy: fsdp); rank 0 alone logs, checkpoints and writes models/trained.
-"""
+Under torchrun when train.nproc > 1; rank 0 alone logs, checkpoints and writes models/trained."""
 
 import sys
 from pathlib import Path
@@ -15,7 +12,7 @@ import json
 
 import torch
 
-from codexlm import checkpoint, parallel, params, provenance
+from codexlm import parallel, params, provenance
 from codexlm.callbacks import ProgressBar
 from codexlm.checkpointer import run_fingerprint
 from codexlm.data import check_splits, load_tokens
@@ -28,18 +25,15 @@ TOKENS = Path("data/tokens")
 
 
 def main() -> None:
-    provenance.check_environment()
     p = params.load()
+    provenance.check_environment()  # after params: their mistakes are the commonest
     parallel.relaunch(p.train.nproc, __file__)
     meta = json.loads((TOKENS / "meta.json").read_text())
     check_splits(meta, p.model.context, p.train.eval_batches, p.train.batch_size)
     d = parallel.init_distributed()
     model = model_for(p.model, p.lora, meta, p.seed)
-    init = None if p.model.from_scratch else checkpoint.folder_digest(Path(p.model.init))
-    lora = p.lora.model_dump() if p.lora.enabled else None
-    fp = run_fingerprint(
-        p.seed, p.model.model_dump(), lora, p.train.model_dump(), meta, init, uses_dropout(model)
-    )
+    blocks = p.model.model_dump(), p.lora.model_dump(), p.train.model_dump()
+    fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model))
     run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d)
     tokens = load_tokens(TOKENS, "train"), load_tokens(TOKENS, "val")
     reporters = [ProgressBar(), LiveLogger(Path("reports/train"))]

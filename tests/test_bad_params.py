@@ -16,6 +16,7 @@ from conftest import ROOT, default_params, run
 def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
     if not (tmp_path / "stages").exists():
         shutil.copytree(ROOT / "stages", tmp_path / "stages")
+        shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run([sys.executable, f"stages/{name}.py"], tmp_path, check=False)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr

@@ -304,6 +304,7 @@ def test_prepare_stage_rejects_bad_params(
     tmp_path: Path, pattern: str, replacement: str, key: str
 ) -> None:
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
     (tmp_path / "params.yaml").write_text(params_text_with(pattern, replacement))
     proc = run([sys.executable, "stages/prepare.py"], tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr

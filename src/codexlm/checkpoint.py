@@ -125,7 +125,7 @@ def verify(path: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{manifest_path}: unreadable ({e.__class__.__name__})") from None
-    if not isinstance(manifest, dict) or not REQUIRED <= set(manifest):
+    if not isinstance(manifest, dict) or not set(manifest) >= REQUIRED:
         listed = sorted(manifest) if isinstance(manifest, dict) else type(manifest).__name__
         raise CheckpointError(f"{manifest_path}: lists {listed}, not every file it needs")
     for name, digest in manifest.items():

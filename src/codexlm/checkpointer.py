@@ -42,20 +42,20 @@ NOT_FINGERPRINTED = {
 def run_fingerprint(
     seed: int,
     model: dict[str, Any],
-    lora: dict[str, Any] | None,
+    lora: dict[str, Any],
     train: dict[str, Any],
     tokens_meta: dict[str, Any],
-    init_digest: str | None,
     dropout: bool,
 ) -> str:
-    """What the weights are a function of among params and data (`lora` None when off,
-    `init_digest` of model.init's folder, `dropout` whether the model draws masks); the
-    code and packages that compute them are added by the training loop."""
+    """What the weights are a function of among params and data (the param blocks as dicts;
+    `dropout`: whether the model draws masks); the training loop adds the code and the
+    packages that compute them."""
+    init = model["init"]
     return checkpoint.fingerprint(
         {
             "seed": seed,
             "model": model,
-            "lora": lora,
+            "lora": lora if lora["enabled"] else None,
             "train": {k: v for k, v in train.items() if k not in NOT_FINGERPRINTED},
             # compiled dropout draws other masks than eager (tests/test_provenance.py)
             "compile": (train["compile"], train["compile_mode"]) if dropout else None,
@@ -63,7 +63,7 @@ def run_fingerprint(
             "global_batch": train["batch_size"] * train["grad_accum"] * train["nproc"],
             "tokens": tokens_meta["sha256"],
             "tokenizer": tokens_meta["tokenizer_sha256"],
-            "init": init_digest,
+            "init": None if init == "scratch" else checkpoint.folder_digest(Path(init)),
         }
     )
 
