@@ -4,6 +4,7 @@ resumed run ends bit-identical to the uninterrupted one."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -392,3 +393,16 @@ def test_verify_rejects_an_incomplete_manifest_and_an_unreadable_state(tmp_path)
     assert checkpoint.remove_stale(tmp_path, {"params": "p", "code": "c", "packages": "k"}) == []
     with pytest.warns(UserWarning, match=r"state\.json: unreadable"):
         assert checkpoint.find_resumable(tmp_path) is None
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr_at_the_last_step() -> None:
+    lr, min_lr, warmup, total = 3e-3, 3e-4, 40, 500
+    sched = [train_mod.lr_at(s, lr, min_lr, warmup, total) for s in range(total)]
+    assert sched[0] == lr / warmup and sched[warmup - 1] == lr  # linear warmup
+    assert sched[warmup] == lr  # the cosine starts at the peak...
+    assert sched[-1] == min_lr  # ...and ends exactly at min_lr on the last step
+    decay = sched[warmup:]
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+    mid = warmup + (total - 1 - warmup) // 2
+    assert sched[mid] == pytest.approx((lr + min_lr) / 2, rel=1e-2)
+    assert train_mod.lr_at(0, lr, min_lr, 0, 1) == min_lr  # one step: it is the last

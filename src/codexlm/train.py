@@ -104,11 +104,13 @@ def build_optimizer(
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """Linear warmup to lr, then cosine decay to min_lr at the last step."""
+    """Linear warmup to lr over steps 0..warmup-1, then cosine decay from lr at step `warmup`
+    to exactly min_lr at the last step (total - 1)."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    span = total - 1 - warmup
+    progress = 1.0 if span <= 0 else min((step - warmup) / span, 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
