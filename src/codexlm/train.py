@@ -315,7 +315,9 @@ def train(
     if d.main and log_dir:  # dvclive is imported only where something is logged
         from codexlm.live import open_live
 
-        live = open_live(log_dir, start if ckpt else None)
+        live = open_live(
+            log_dir, start if ckpt else None, ckpt.path / checkpoint.LOG if ckpt else None
+        )
     n_trainable = count_params(raw, trainable_only=True)
     if live is not None:  # what LoRA saves, against full fine-tuning
         live.log_metric("params/trainable", n_trainable, plot=False)
@@ -371,6 +373,7 @@ def train(
                 weights,
                 opt_state,
                 {"tokens_seen": tokens_seen, "val_loss": val_loss, "fingerprint": run_fingerprint},
+                log_dir if live is not None else None,
             )
             checkpoint.prune(ckpt_dir, keep_checkpoints)
         if d.world > 1:
