@@ -21,7 +21,7 @@ from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout
 from codexlm.train import Interrupted, NonFiniteError, Run, train
 
-TOKENS = Path("data/tokens")
+TOKENS, REPORTS = Path("data/tokens"), Path("reports/train")
 
 
 def main() -> None:
@@ -34,9 +34,9 @@ def main() -> None:
     model = model_for(p.model, p.lora, meta, p.seed)
     blocks = p.model.model_dump(), p.lora.model_dump(), p.train.model_dump()
     fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model))
-    run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d)
+    run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, log_dir=REPORTS)
     tokens = load_tokens(TOKENS, "train"), load_tokens(TOKENS, "val")
-    reporters = [ProgressBar(), LiveLogger(Path("reports/train"))]
+    reporters = [ProgressBar(), LiveLogger(REPORTS)]
     try:
         summary = train(model, *tokens, p.train, run, reporters)
     except Interrupted as e:  # a checkpoint was written: `dvc repro` resumes it

@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -66,8 +67,9 @@ def run_train(
     """A real train() run of a tiny llama (dropout on), logged by DVCLive to tmp/log."""
     model = new_model()
     cfg = train_args(**{**TRAIN, **overrides})
-    run = train_mod.Run(seed=0, context=CONTEXT, ckpt_dir=tmp / "ckpt", fingerprint=fingerprint)
-    callbacks = [LiveLogger(tmp / "log")] if log else []
+    log_dir = tmp / "log" if log else None
+    run = train_mod.Run(0, CONTEXT, tmp / "ckpt", fingerprint, log_dir=log_dir)
+    callbacks = [LiveLogger(log_dir)] if log_dir else []
     summary = train_mod.train(model, tokens[0], tokens[1], cfg, run, callbacks)
     return model, summary
 
@@ -121,6 +123,25 @@ def test_resume_is_exact(tmp_path, tokens, reference, monkeypatch, crash_step) -
     # every step logged exactly once, though the crashed run logged past its last checkpoint
     assert logged_steps(tmp_path / "log", "train/loss") == list(range(1, STEPS + 1))
     # validation runs at eval_every and at every checkpoint (its loss picks the best one)
+    assert logged_steps(tmp_path / "log", "val/loss") == [0, 2, 4, 6, 8]
+
+
+def test_log_comes_back_from_the_checkpoint(tmp_path, tokens, reference, monkeypatch) -> None:
+    """DVC deletes the stage's reports/train before it reruns the stage: the resumed run takes
+    the log up to its checkpoint from the checkpoint, and the manifest covers that copy."""
+    crash_at(monkeypatch, 5)
+    with pytest.raises(Crash):
+        run_train(tmp_path, tokens)
+    monkeypatch.undo()
+    saved = tmp_path / "ckpt/step-00000004" / checkpoint.LOG
+    assert logged_steps(saved, "train/loss") == [1, 2, 3, 4]
+    assert "log/plots/metrics/train/loss.tsv" in json.loads(
+        (saved.parent / "manifest.json").read_text()
+    )
+    shutil.rmtree(tmp_path / "log")  # what `dvc repro` does to the output first
+    model, _ = run_train(tmp_path, tokens)
+    assert_identical(weights(model), reference)
+    assert logged_steps(tmp_path / "log", "train/loss") == list(range(1, STEPS + 1))
     assert logged_steps(tmp_path / "log", "val/loss") == [0, 2, 4, 6, 8]
 
 

@@ -3,7 +3,9 @@
 A checkpoint is a folder `step-00000200/` holding the trainable weights (safetensors), the
 optimizer state and RNG states (torch.save, loaded with weights_only=True), `state.json`
 (step, tokens seen, validation loss, the run's fingerprint, python/numpy RNG states) and
-`manifest.json` (the sha256 of every other file). It is written under a temporary name and
+`manifest.json` (the sha256 of every other file), and `log/`, the training log as it stood at
+that step (DVC removes the train stage's report folder before it reruns the stage, so a
+resumed run takes its log history from here). It is written under a temporary name and
 renamed into place, so a folder named `step-*` is complete unless something corrupted it
 later, which the manifest catches.
 """
@@ -28,6 +30,7 @@ from codexlm.atomic import sha256_file
 
 PREFIX = "step-"
 REQUIRED = {"model.safetensors", "optimizer.pt", "rng.pt", "state.json"}  # besides the manifest
+LOG = "log"  # the copy of the training log inside a checkpoint
 
 
 class CheckpointError(Exception):
@@ -89,8 +92,10 @@ def save(
     weights: dict[str, torch.Tensor],
     optimizer: dict[str, Any],
     state: dict[str, Any],
+    log_dir: Path | None = None,
 ) -> Path:
-    """Write checkpoint `step` under root atomically; return its folder."""
+    """Write checkpoint `step` under root atomically, with a copy of `log_dir` (the training
+    log up to this step) when given; return its folder."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{final.name}"
@@ -105,11 +110,16 @@ def save(
     torch.save(optimizer, tmp / "optimizer.pt")
     torch.save(tensor_rng, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": plain_rng}))
-    manifest = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+    if log_dir is not None and log_dir.is_dir():
+        shutil.copytree(log_dir, tmp / LOG)
+    files = sorted(f for f in tmp.rglob("*") if f.is_file())
+    manifest = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in files}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for f in tmp.iterdir():
+    for f in [*files, tmp / "manifest.json"]:
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
+    for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(folder)
     _fsync_dir(tmp)
     if final.exists():  # a finished run's checkpoint rewritten by a forced rerun
         shutil.rmtree(final)

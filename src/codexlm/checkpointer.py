@@ -8,6 +8,7 @@ its shard), so all of them resume from the same step.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from codexlm import checkpoint, parallel
+from codexlm.atomic import replace_dir
 from codexlm.checkpoint import Checkpoint, CheckpointError
 from codexlm.parallel import Dist
 
@@ -76,6 +78,7 @@ class Policy:
     keep: int
     resume: str  # auto | never
     final: str  # last | best
+    log_dir: Path | None = None  # a folder each checkpoint keeps a copy of, restored with it
 
 
 def shared(ckpt: Checkpoint | None, d: Dist) -> Checkpoint | None:
@@ -113,6 +116,10 @@ def restore(
         raise CheckpointError(f"{ckpt.path}: lacks weights {sorted(missing)[:3]}")
     parallel.load_state(raw, opt, weights, opt_state, mode)
     checkpoint.set_rng_state(ckpt.state["rng"], rng)
+    saved_log = ckpt.path / checkpoint.LOG
+    if d.main and policy.log_dir is not None and saved_log.is_dir():
+        with replace_dir(policy.log_dir) as tmp:  # the log as it stood at this checkpoint
+            shutil.copytree(saved_log, tmp, dirs_exist_ok=True)
     return ckpt
 
 
@@ -138,7 +145,8 @@ def save(
         state = {"loop": loop_state, "identity": policy.identity}
         # top-level copies, read by checkpoint.best and by people looking at the folder
         state.update(val_loss=loop_state["val_loss"], val_step=loop_state["val_step"])
-        path = checkpoint.save(policy.root, loop_state["step"], weights, opt_state, state)
+        step = loop_state["step"]
+        path = checkpoint.save(policy.root, step, weights, opt_state, state, policy.log_dir)
         checkpoint.prune(policy.root, policy.keep)
     if d.world > 1:
         dist.barrier()

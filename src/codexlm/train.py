@@ -74,6 +74,9 @@ class Run:
     ckpt_dir: Path
     fingerprint: str  # of its params and data; train() adds the code and the packages
     dist: Dist = field(default_factory=Dist)
+    # the training log, kept in every checkpoint and restored with it: DVC deletes the train
+    # stage's report folder before it reruns the stage (a cached output, as its run-cache needs)
+    log_dir: Path | None = None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -473,6 +476,7 @@ def train(
         keep=cfg.keep_checkpoints,
         resume=cfg.resume,
         final=cfg.final,
+        log_dir=run.log_dir,
     )
     loop = LoopState(d.device)
     ckpt = checkpointer.restore(policy, parts.raw, parts.opt, parts.mode, d)
