@@ -72,7 +72,7 @@ def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     proc = run(["python", "stages/train.py"], repo)
     assert "starting from step 0" in proc.stdout
-    assert "written under other params or data" in proc.stderr
+    assert "(written by other params or data)" in proc.stderr
 
 
 def test_fsdp_matches_one_process_and_resumes(built: Path, tmp_path: Path) -> None:
