@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from codexlm import params
-from codexlm.card import license_fields, model_card
+from codexlm.card import model_card
 from codexlm.errors import UserError, run_stage
 from codexlm.export import ParityError, export, lineage
 from codexlm.gguf_export import file_name as gguf_file_name
@@ -29,12 +29,6 @@ def check_gguf(p: params.Params) -> None:
     reason = gguf_unsupported(model_type, tokenizer)
     if reason is not None:
         raise UserError(f"export.gguf: cannot write {reason} as GGUF; set export.gguf: none")
-
-
-def gguf_license(p: params.Params) -> str:
-    """GGUF's general.license: the licence's own name where the Hub's id is `other`."""
-    fields = license_fields(p.export.license, p.data.source)
-    return fields.get("license_name", fields["license"])
 
 
 def main() -> None:
@@ -68,7 +62,6 @@ def main() -> None:
             card,
             gguf=p.export.gguf,
             gguf_name=NAME,
-            license=gguf_license(p),
         )
     except ParityError as e:
         raise SystemExit(f"error: export: {e}") from None

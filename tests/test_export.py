@@ -110,6 +110,10 @@ def test_gguf_export_reads_back(built: Path) -> None:
     reader = gguf.GGUFReader(export / files[0])
     assert reader.fields["general.name"].contents() == "codexlm"
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    # general.* metadata from the model card, as llama.cpp's converter fills it
+    assert reader.fields["general.license"].contents() == "unknown"
+    assert reader.fields["general.languages"].contents() == ["code", "en"]
+    assert "general.finetune" not in reader.fields  # not parsed from a folder name
     from_gguf = load_gguf(export, files[0])
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(export)

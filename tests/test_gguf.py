@@ -44,7 +44,7 @@ def test_gguf_reads_back_within_tolerance(
     model.eval()
     model.save_pretrained(tmp_path)  # config.json beside it must not be what is read
     save_tokenizer(tok, tmp_path)
-    write_gguf(model, tok, tmp_path, tmp_path / "m.gguf", dtype, "codexlm", "mit")
+    write_gguf(model, tok, tmp_path, tmp_path / "m.gguf", dtype, "codexlm")
 
     reader = gguf.GGUFReader(tmp_path / "m.gguf")
     assert reader.fields["general.name"].contents() == "codexlm"

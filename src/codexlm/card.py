@@ -61,7 +61,8 @@ def card_data(
         for key, metric, label in TEST_METRICS
         if key in test_metrics
     ]
-    extra: dict[str, Any] = {}
+    # `name` too: llama.cpp's GGUF tools take general.name from it
+    extra: dict[str, Any] = {"name": name}
     if base_model is not None:
         extra["base_model"] = base_model
         extra["base_model_relation"] = "adapter" if adapter else "finetune"

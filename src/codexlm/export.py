@@ -67,7 +67,6 @@ def export(
     card: ModelCard,
     gguf: str = "none",
     gguf_name: str = "codexlm",
-    license: str | None = None,
 ) -> dict[str, float]:
     """Write `out` (weights, portable tokenizer, generation config, `card` as README.md,
     and a GGUF unless `gguf` is "none"); return the max |logit difference| between each
@@ -107,7 +106,7 @@ def export(
         if gguf != "none":
             file = gguf_file_name(gguf_name, gguf)
             try:
-                write_gguf(exported, tok, tmp, tmp / file, gguf, gguf_name, license)
+                write_gguf(exported, tok, tmp, tmp / file, gguf, gguf_name)
             except GGUFError as e:
                 raise ParityError(str(e)) from None
             diffs["gguf"] = max_logit_diff(reference, load_gguf(tmp, file), batch)

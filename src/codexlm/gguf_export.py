@@ -130,6 +130,8 @@ def _hparams(w: gguf.GGUFWriter, cfg: Any) -> None:
         w.add_head_count(cfg.num_attention_heads)
         w.add_head_count_kv(cfg.num_key_value_heads)
         w.add_rope_dimension_count(head_dim)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
         w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         w.add_vocab_size(cfg.vocab_size)
@@ -145,25 +147,32 @@ def _hparams(w: gguf.GGUFWriter, cfg: Any) -> None:
 def write_gguf(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
-    tokenizer_dir: Path,
+    folder: Path,
     out: Path,
     dtype: str,
     name: str,
-    license: str | None = None,
 ) -> None:
-    """Write `model` and its tokenizer (saved in `tokenizer_dir`) to the GGUF file `out`."""
+    """Write `model` and its tokenizer to the GGUF file `out`. `folder` holds the export's
+    tokenizer files and, if written, its model card, read for the general.* metadata."""
     cfg = model.config
-    tokenizer_json = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     reason = unsupported(cfg.model_type, tokenizer_json)
     if reason is not None:
         raise GGUFError(f"cannot write {reason} as GGUF")
     arch = ARCHS[cfg.model_type]
     n_vocab = model.get_input_embeddings().weight.shape[0]
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
-    # general.*: without a name llama.cpp and the Hub fall back to the file name
-    writer.add_name(name)
-    if license:
-        writer.add_license(license)
+    # general.*: as llama.cpp's converter fills them, from the model card (licence, tags,
+    # languages, datasets, base model); the name given, or tools fall back to the file name
+    writer.add_type(gguf.GGUFType.MODEL)
+    n_params = sum(p.numel() for p in model.parameters())
+    meta = gguf.Metadata.load(None, folder, name, n_params)
+    # its heuristics would also parse the folder's name (a temporary one while exporting)
+    # into a version and a fine-tune label: the name is given, those are not known
+    meta.basename = meta.finetune = meta.version = None
+    if meta.size_label is None:
+        meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+    meta.set_gguf_meta_model(writer)
     writer.add_file_type(FILE_TYPES[dtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _hparams(writer, cfg)
@@ -173,7 +182,7 @@ def write_gguf(
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    special = gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=n_vocab)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
     # the tokenizer adds no BOS (tokenizer.json has no post-processor): say so, or llama.cpp
     # falls back to its own default for BPE vocabularies
     special.add_special_token.setdefault("bos", False)
