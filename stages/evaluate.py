@@ -24,8 +24,8 @@ from codexlm.evaluate import (
     sample,
     samples_markdown,
 )
-from codexlm.export import load_trained
 from codexlm.live import open_live
+from codexlm.model import load_trained
 
 OUT = Path("reports/evaluate")
 TRAIN_LOG = Path("reports/train")

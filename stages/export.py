@@ -1,5 +1,6 @@
 """export: models/trained -> models/export/ (safetensors, tokenizer, generation config,
-model card), verified by reloading it and comparing logits."""
+model card, and a GGUF unless export.gguf is none), each verified by reading it back and
+comparing logits."""
 
 import sys
 from pathlib import Path
@@ -13,30 +14,52 @@ import json
 import yaml
 
 from codexlm import params, provenance
-from codexlm.errors import run_stage
+from codexlm.card import model_card
+from codexlm.errors import UserError, run_stage
 from codexlm.export import ParityError, export, lineage
+from codexlm.gguf_export import file_name as gguf_file_name
+from codexlm.gguf_export import unsupported as gguf_unsupported
 
 PROVENANCE = ("data/prepared", "data/tokens", "models/tokenizer", "models/trained")
+NAME = "codexlm"
+TRAINED = Path("models/trained")
+
+
+def check_gguf(p: params.Params) -> None:
+    """Refuse, before any work, a GGUF of a model or tokenizer llama.cpp would misread."""
+    if p.export.gguf == "none":
+        return
+    weights = Path(p.model.init) if p.lora.enabled else TRAINED
+    model_type = json.loads((weights / "config.json").read_text())["model_type"]
+    tokenizer = json.loads((TRAINED / "tokenizer.json").read_text(encoding="utf-8"))
+    reason = gguf_unsupported(model_type, tokenizer)
+    if reason is not None:
+        raise UserError(f"export.gguf: cannot write {reason} as GGUF; set export.gguf: none")
 
 
 def main() -> None:
     p = params.load()
     provenance.check_environment()  # after params: their mistakes are the commonest
+    check_gguf(p)
     raw_params = yaml.safe_load(Path(params.PARAMS_FILE).read_text())
-    card = {
-        "name": "codexlm",
-        "path": "models/export",
-        "params": raw_params,
-        "metrics": json.loads(Path("reports/evaluate/metrics.json").read_text()),
-        "data_stats": json.loads(Path("data/prepared/stats.json").read_text()),
-        # what the model is a function of; not the checkpoints or the training log, whose
-        # wall-clock throughput would make the card, and so this output, differ run to run
-        "lineage": lineage(Path("dvc.lock"), PROVENANCE),
-    }
+    gguf_file = None if p.export.gguf == "none" else gguf_file_name(NAME, p.export.gguf)
+    card = model_card(
+        {
+            "name": NAME,
+            "license": p.export.license,
+            "params": raw_params,
+            "metrics": json.loads(Path("reports/evaluate/metrics.json").read_text()),
+            "data_stats": json.loads(Path("data/prepared/stats.json").read_text()),
+            # what the model is a function of; not the checkpoints or the training log, whose
+            # wall-clock throughput would make the card, and so this output, differ run to run
+            "lineage": lineage(Path("dvc.lock"), PROVENANCE),
+            "gguf_file": gguf_file,
+        }
+    )
     lora_base = p.model.init if p.lora.enabled else None
     try:
-        diff = export(
-            Path("models/trained"),
+        diffs = export(
+            TRAINED,
             Path("models/export"),
             lora_base,
             p.export.merge_lora,
@@ -44,10 +67,13 @@ def main() -> None:
             p.seed,
             p.export.parity_atol,
             card,
+            gguf=p.export.gguf,
+            gguf_name=NAME,
         )
     except ParityError as e:
         raise SystemExit(f"error: export: {e}") from None
-    print(f"export: models/export written; reload parity max |logit diff| = {diff:.3g}")
+    checked = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+    print(f"export: models/export written; read-back max |logit diff|: {checked}")
 
 
 if __name__ == "__main__":

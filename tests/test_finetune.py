@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, copy_repo, model_args, run, tiny_params
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -118,6 +119,10 @@ def test_lora_finetune_and_merged_export(arch, lora_runs) -> None:
     with torch.no_grad():
         diff = (merged(input_ids=x).logits - adapted(input_ids=x).logits).abs().max()
     assert float(diff) < 1e-5
+    # a merged fine-tune is a full model: it gets its GGUF, and its card names the base
+    assert (export / "codexlm-f16.gguf").is_file()
+    card = ModelCard.load(export / "README.md").data
+    assert card.base_model == str(base) and card.to_dict()["base_model_relation"] == "finetune"
 
 
 def test_adapter_export(lora_runs, tmp_path) -> None:
@@ -130,6 +135,7 @@ def test_adapter_export(lora_runs, tmp_path) -> None:
     shutil.copytree(src, repo)
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["export"]["merge_lora"] = False
+    p["export"]["gguf"] = "none"  # an adapter has no full weights to write as GGUF
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     out = run(["dvc", "repro"], repo).stdout
     assert "Running stage 'export'" in out and "Running stage 'train'" not in out
@@ -137,6 +143,8 @@ def test_adapter_export(lora_runs, tmp_path) -> None:
     assert (export / "adapter_config.json").is_file()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), export)
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+    card = ModelCard.load(export / "README.md").data
+    assert card.base_model == str(base) and card.library_name == "peft"
 
 
 def test_full_finetune_starts_from_checkpoint(

@@ -71,10 +71,14 @@ def test_code_change_retrains_from_step_0(finished: Path) -> None:
 
 def test_each_change_reruns_the_stages_that_use_it(finished: Path) -> None:
     repo = finished
-    export = repo / "src/codexlm/export.py"  # evaluate imports load_trained from it
-    export.write_text(export.read_text() + "# edited\n")
-    assert changed_stages(repo) == {"evaluate", "export"}
-    run(["git", "checkout", "--", "src/codexlm/export.py"], repo)
+    model = repo / "src/codexlm/model.py"  # load_trained: evaluate and export load with it
+    model.write_text(model.read_text() + "# edited\n")
+    assert changed_stages(repo) == {"train", "evaluate", "export"}
+    run(["git", "checkout", "--", "src/codexlm/model.py"], repo)
+    card = repo / "src/codexlm/card.py"  # the export's alone
+    card.write_text(card.read_text() + "# edited\n")
+    assert changed_stages(repo) == {"export"}
+    run(["git", "checkout", "--", "src/codexlm/card.py"], repo)
     assert changed_stages(repo) == set()
 
     versions = repo / "versions.yaml"

@@ -120,7 +120,11 @@ def test_same_params_same_outputs(built: Path, tmp_path: Path) -> None:
         "data/tokens/train.bin",
         "data/tokens/val.bin",
         "models/trained/model.safetensors",
-        "models/export/model.safetensors",
-        "models/export/README.md",
     ):
         assert sha(built / rel) == sha(twin / rel), rel
+    # every file of the export: weights, GGUF, tokenizer, configs, card
+    exported = sorted(p.name for p in (built / "models/export").iterdir())
+    assert exported == sorted(p.name for p in (twin / "models/export").iterdir())
+    assert "codexlm-f16.gguf" in exported
+    for name in exported:
+        assert sha(built / "models/export" / name) == sha(twin / "models/export" / name), name

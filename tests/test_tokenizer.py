@@ -17,10 +17,13 @@ from codexlm.corpus import SPLITS, prepare
 from codexlm.errors import UserError
 from codexlm.tokenizer import (
     EOT,
+    LOADER_KEYS,
     PAD,
+    PORTABLE_CONFIG,
     by_size,
     evenly_spaced,
     load_pretrained,
+    save_tokenizer,
     token_dtype,
     tokenize,
     train_bpe,
@@ -158,6 +161,38 @@ def test_quoted_special_tokens_are_text(built: Path) -> None:
     assert sum(int((i == meta["eot_id"]).sum()) for i in ids) == n_docs
     decoded = "".join(tok.decode(i.tolist()) for i in ids)
     assert decoded.count(EOT) == n_docs + quoting[0].count(EOT) == n_docs + 3
+
+
+def test_quoted_special_tokens_same_ids_in_token_files_and_tokenizer(built: Path) -> None:
+    """The saved tokenizer reads quoted special-token text as the token files did (as text,
+    `split_special_tokens`), so what evaluation and the export encode is what was trained."""
+    meta = meta_of(built)
+    tok = AutoTokenizer.from_pretrained(built / "tokenizer")
+    for split in SPLITS:
+        ids = np.fromfile(built / "tokens" / f"{split}.bin", dtype=np.uint16)
+        docs = np.split(ids, np.flatnonzero(ids == meta["eot_id"]) + 1)[:-1]
+        for doc, text in zip(docs, split_texts(built / "prepared", split), strict=True):
+            assert tok(text)["input_ids"] == doc[:-1].tolist()
+    assert tok("<|endoftext|>")["input_ids"] != [meta["eot_id"]]
+    assert tok.decode(tok("a <|endoftext|> b")["input_ids"]) == "a <|endoftext|> b"
+
+
+def test_saved_tokenizer_config_is_portable(built: Path) -> None:
+    """What transformers 4.x needs (a class it knows, no token_type_ids) and left padding
+    for batched generation; nothing about how it was loaded (tests/test_export.py checks
+    the same folder under transformers 4.57 itself)."""
+    config = json.loads((built / "tokenizer" / "tokenizer_config.json").read_text())
+    assert {k: config[k] for k in PORTABLE_CONFIG} == PORTABLE_CONFIG
+    assert not set(LOADER_KEYS) & set(config)
+    tok = AutoTokenizer.from_pretrained(built / "tokenizer")
+    assert tok.padding_side == "left" and tok.split_special_tokens
+    assert set(tok(["a", "bb"], padding=True)) == {"input_ids", "attention_mask"}
+    # re-saving a loaded tokenizer (what export does) writes the same portable file
+    resaved = built / "resaved"
+    save_tokenizer(tok, resaved)
+    assert (resaved / "tokenizer_config.json").read_text() == (
+        built / "tokenizer" / "tokenizer_config.json"
+    ).read_text()
 
 
 def test_meta_checksums_match_files(built: Path) -> None:

@@ -1,45 +1,29 @@
-"""Hugging Face export: a folder `AutoModelForCausalLM.from_pretrained` loads, checked by
-reloading it and comparing logits with the trained model, plus a model card."""
+"""Hugging Face export: a folder `AutoModelForCausalLM.from_pretrained` loads (and, if asked,
+a GGUF for llama.cpp), each checked by reading it back with its own loader and comparing
+logits with the trained model, plus the tokenizer and the model card."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
+from huggingface_hub import ModelCard
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    PreTrainedTokenizerBase,
 )
 
 from codexlm.atomic import replace_dir
+from codexlm.gguf_export import TOLERANCE as GGUF_TOLERANCE
+from codexlm.gguf_export import GGUFError, load_gguf, write_gguf
+from codexlm.gguf_export import file_name as gguf_file_name
+from codexlm.model import load_trained
+from codexlm.tokenizer import save_tokenizer
 
 
 class ParityError(Exception):
     """The export does not reproduce the trained model's logits."""
-
-
-def load_trained(
-    path: Path, lora_base: str | None = None
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """The train stage's output: a full model, or a peft adapter on top of `lora_base`."""
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if lora_base is not None:
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(
-            lora_base, trust_remote_code=False, dtype=torch.float32
-        )
-        model = PeftModel.from_pretrained(base, path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=False, dtype=torch.float32
-        )
-    model.eval()
-    return model, tok
 
 
 def parity_batch(vocab_size: int, context: int, seed: int) -> torch.Tensor:
@@ -52,57 +36,6 @@ def max_logit_diff(a: torch.nn.Module, b: torch.nn.Module, batch: torch.Tensor) 
     return float((a(input_ids=batch).logits - b(input_ids=batch).logits).abs().max())
 
 
-def model_card(info: dict[str, Any]) -> str:
-    m = info["metrics"]
-    test = m.get("test", {})
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [codexlm, causal-lm, code]",
-        "---",
-        "",
-        f"# {info['name']}",
-        "",
-        "A causal language model trained by the codexlm DVC pipeline "
-        "(prepare → tokenize → train → evaluate → export).",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        f"generate = pipeline('text-generation', model='{info['path']}')",
-        "print(generate('def add(a, b):')[0]['generated_text'])",
-        "```",
-        "",
-        "## Evaluation (test split)",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in test.items() if isinstance(v, float)],
-        "",
-        "## Data",
-        "",
-        f"Source: `{info['params']['data']['source']}`.",
-        "",
-        "```json",
-        json.dumps(info["data_stats"], indent=2),
-        "```",
-        "",
-        "## Params",
-        "",
-        "```json",
-        json.dumps({k: info["params"][k] for k in ("seed", "model", "lora", "train")}, indent=2),
-        "```",
-        "",
-        "## Provenance (dvc.lock hashes of the inputs)",
-        "",
-        *[f"- `{path}`: `{h}`" for path, h in info["lineage"].items()],
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def export(
     trained: Path,
     out: Path,
@@ -111,20 +44,25 @@ def export(
     context: int,
     seed: int,
     atol: float,
-    card_info: dict[str, Any],
-) -> float:
-    """Write `out` and return the max |logit difference| between export and trained model."""
+    card: ModelCard,
+    gguf: str = "none",
+    gguf_name: str = "codexlm",
+) -> dict[str, float]:
+    """Write `out` (weights, portable tokenizer, generation config, `card` as README.md,
+    and a GGUF unless `gguf` is "none"); return the max |logit difference| between each
+    export, read back by its own loader, and the trained model."""
     model, tok = load_trained(trained, lora_base)
     reference = model
+    diffs = {}
     with replace_dir(out) as tmp:
         if lora_base is not None and merge_lora:
             # merge into a copy: `reference` stays the adapted model for the parity check
-            merged = load_trained(trained, lora_base)[0].merge_and_unload()
-            merged.save_pretrained(tmp, safe_serialization=True)
+            exported = load_trained(trained, lora_base)[0].merge_and_unload()
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            exported = model
+        exported.save_pretrained(tmp, safe_serialization=True)
         tok.model_max_length = context
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         GenerationConfig(
             max_new_tokens=64,
             do_sample=True,
@@ -134,18 +72,30 @@ def export(
             pad_token_id=tok.pad_token_id,
             bos_token_id=tok.bos_token_id,
         ).save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(card_info), encoding="utf-8")
+        card.save(tmp / "README.md")
 
-        reloaded = _reload(tmp, lora_base if (lora_base and not merge_lora) else None)
         vocab = reference.get_input_embeddings().weight.shape[0]
-        diff = max_logit_diff(
-            reference, reloaded, parity_batch(min(vocab, len(tok)), context, seed)
-        )
-        if not diff <= atol:
+        batch = parity_batch(min(vocab, len(tok)), context, seed)
+        reloaded = _reload(tmp, lora_base if (lora_base and not merge_lora) else None)
+        diffs["safetensors"] = max_logit_diff(reference, reloaded, batch)
+        if not diffs["safetensors"] <= atol:
             raise ParityError(
-                f"exported logits differ from the trained model's by {diff:.3g} (> {atol})"
+                f"exported logits differ from the trained model's by "
+                f"{diffs['safetensors']:.3g} (> {atol})"
             )
-    return diff
+        if gguf != "none":
+            file = gguf_file_name(gguf_name, gguf)
+            try:
+                write_gguf(exported, tok, tmp, tmp / file, gguf, gguf_name)
+            except GGUFError as e:
+                raise ParityError(str(e)) from None
+            diffs["gguf"] = max_logit_diff(reference, load_gguf(tmp, file), batch)
+            if not diffs["gguf"] <= GGUF_TOLERANCE[gguf]:
+                raise ParityError(
+                    f"{file} read back by transformers differs from the trained model's "
+                    f"logits by {diffs['gguf']:.3g} (> {GGUF_TOLERANCE[gguf]} for {gguf})"
+                )
+    return diffs
 
 
 def _reload(path: Path, adapter_base: str | None) -> torch.nn.Module:

@@ -14,9 +14,11 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
 from codexlm.atomic import replace_dir
@@ -198,3 +200,23 @@ def save_model(model: torch.nn.Module, tokenizer_dir: Path, out: Path) -> None:
         for f in sorted(Path(tokenizer_dir).iterdir()):
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+
+
+def load_trained(
+    path: Path, lora_base: str | None = None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The train stage's output: a full model, or a peft adapter on top of `lora_base`."""
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if lora_base is not None:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(
+            lora_base, trust_remote_code=False, dtype=torch.float32
+        )
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=False, dtype=torch.float32
+        )
+    model.eval()
+    return model, tok

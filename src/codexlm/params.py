@@ -188,6 +188,8 @@ class Evaluate(_Block):
 class Export(_Block):
     merge_lora: bool
     parity_atol: float = Field(gt=0)
+    gguf: Literal["none", "f32", "f16", "q8_0"]
+    license: str = Field(min_length=1)  # "auto" (the corpus's) or a Hub licence id
 
 
 class Params(_Block):
@@ -210,6 +212,15 @@ class Params(_Block):
             raise ValueError(
                 "train.strategy: fsdp with lora.enabled is not supported (a frozen base "
                 "with small adapters is what DDP is for); use train.strategy: ddp"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _gguf_needs_full_weights(self) -> Params:
+        if self.export.gguf != "none" and self.lora.enabled and not self.export.merge_lora:
+            raise ValueError(
+                "export.gguf: an adapter export (export.merge_lora: false) has no full "
+                "weights to write as GGUF; set export.gguf: none or export.merge_lora: true"
             )
         return self
 

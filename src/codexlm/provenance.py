@@ -24,6 +24,7 @@ VERSIONS_FILE = Path("versions.yaml")
 # what computes results (the keys of versions.yaml; a test checks they agree)
 COMPUTING = (
     "detect-secrets",
+    "gguf",
     "huggingface-hub",
     "numpy",
     "peft",

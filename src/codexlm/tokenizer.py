@@ -25,6 +25,24 @@ from codexlm.errors import UserError
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 
+# Special-token text inside a document ("<|endoftext|>" in a tokenizer's source, say) is
+# ordinary text, encoded as its characters by the token files, evaluation and the exported
+# tokenizer alike (`split_special_tokens`): the end-of-text id only ever comes from the
+# pipeline (document separators, `eos_token_id`), never from what a document says.
+SPLIT_SPECIAL_TOKENS = True
+
+# tokenizer_config.json as every loader reads it: transformers 4.x knows no
+# "TokenizersBackend" (the class name 5.x writes), returns token_type_ids (which `generate`
+# rejects) unless told the input names, and batched generation needs left padding.
+PORTABLE_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "model_input_names": ["input_ids", "attention_mask"],
+    "padding_side": "left",
+    "split_special_tokens": SPLIT_SPECIAL_TOKENS,
+}
+# how the tokenizer was last loaded, or which backend 5.x used: no business of the folder
+LOADER_KEYS = ("is_local", "local_files_only", "backend")
+
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `texts`, wrapped so AutoTokenizer can load it."""
@@ -65,6 +83,22 @@ def load_pretrained(path: Path) -> PreTrainedTokenizerBase:
     return tok
 
 
+def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
+    """`tok.save_pretrained(folder)` with a tokenizer_config.json that transformers 4.x and
+    5.x, llama.cpp's converter and optimum all read the same way (see PORTABLE_CONFIG)."""
+    tok.padding_side = PORTABLE_CONFIG["padding_side"]
+    tok.split_special_tokens = SPLIT_SPECIAL_TOKENS
+    tok.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in LOADER_KEYS:
+        config.pop(key, None)
+    config.update(PORTABLE_CONFIG)
+    path.write_text(
+        json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
@@ -95,10 +129,10 @@ def encode_split(
     tok: PreTrainedTokenizerBase, batches: Iterator[list[str]], out: Path, dtype: np.dtype
 ) -> tuple[int, int]:
     """Write the token file for one split; return (tokens, UTF-8 bytes) written."""
-    # a copy that reads "<|endoftext|>" inside a document as text: the only end-of-text ids
-    # in a token file are the document separators written below
+    # a copy that reads "<|endoftext|>" inside a document as text (SPLIT_SPECIAL_TOKENS): the
+    # only end-of-text ids in a token file are the document separators written below
     backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
-    backend.encode_special_tokens = True
+    backend.encode_special_tokens = SPLIT_SPECIAL_TOKENS
     eot = tok.eos_token_id
     n_tokens = n_bytes = 0
     tmp = out.with_name(f".{out.name}.tmp")
@@ -163,7 +197,7 @@ def tokenize(
     else:
         tok = load_pretrained(Path(init))
     with replace_dir(tok_dir) as tmp:
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
     vocab = len(tok)
     dtype = token_dtype(vocab)
     out_dir.mkdir(parents=True, exist_ok=True)
