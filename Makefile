@@ -17,6 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "from codexlm.provenance import write_versions; write_versions()"
 	touch $(STAMP)
 
 # With a default DVC remote (README "Sharing results") `--pull` fetches the run-cache and

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from conftest import ROOT, run
 
+from codexlm import provenance
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,6 +31,17 @@ def changed_stages(repo: Path) -> set[str]:
 def states(repo: Path) -> dict[str, dict]:
     root = repo / "models/checkpoints"
     return {p.name: json.loads((p / "state.json").read_text()) for p in root.glob("step-*")}
+
+
+def declaring(repo: Path, package: str) -> set[str]:
+    """The stages whose params include versions.yaml's `package`."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {
+        name
+        for name, spec in stages.items()
+        for entry in spec.get("params", [])
+        if isinstance(entry, dict) and package in entry.get("versions.yaml", [])
+    }
 
 
 @pytest.fixture
@@ -81,16 +94,20 @@ def test_each_change_reruns_the_stages_that_use_it(finished: Path) -> None:
     run(["git", "checkout", "--", "src/codexlm/card.py"], repo)
     assert changed_stages(repo) == set()
 
-    versions = repo / "versions.yaml"
-    text = versions.read_text()
-    versions.write_text(re.sub(r"(?m)^torch: .*$", "torch: 9.9.9", text))
-    assert changed_stages(repo) == {"train", "evaluate", "export"}
-    versions.write_text(re.sub(r"(?m)^pyarrow: .*$", "pyarrow: 9.9.9", text))
-    assert changed_stages(repo) == {"prepare", "tokenize"}
-    versions.write_text(text)
-
-    lock = repo / "requirements.lock"  # a dev tool's pin: nothing to rerun
-    lock.write_text(re.sub(r"(?m)^ruff==\S+", "ruff==9.9.9", lock.read_text()))
+    # a pin changed in requirements.lock reaches versions.yaml through `make install`
+    lock, versions = repo / "requirements.lock", repo / "versions.yaml"
+    pinned = lock.read_text()
+    for package, stages in [
+        ("torch", {"train", "evaluate", "export"}),
+        ("pyarrow", declaring(repo, "pyarrow")),  # prepare, tokenize (and what imports them)
+        ("ruff", set()),  # a dev tool: nothing to rerun
+    ]:
+        lock.write_text(re.sub(rf"(?m)^{package}==\S+", f"{package}==9.9.9", pinned))
+        provenance.write_versions(lock, versions)
+        assert changed_stages(repo) == stages, package
+    assert {"prepare", "tokenize"} <= declaring(repo, "pyarrow")
+    lock.write_text(pinned)
+    provenance.write_versions(lock, versions)
     assert changed_stages(repo) == set()
 
 

@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
+from codexlm.atomic import write_text
 from codexlm.errors import UserError
 
 VERSIONS_FILE = Path("versions.yaml")
-# what computes results (the keys of versions.yaml; a test checks they agree)
+VERSIONS_HEADER = """\
+# The packages that compute this pipeline's results, at the versions requirements.lock pins;
+# written from the lock by `make install` (codexlm.provenance.write_versions). Each stage
+# declares the ones it uses as params in dvc.yaml, so changing a pin reruns exactly the stages
+# that use that package (a dev tool's pin reruns nothing), and every stage refuses to run
+# under other installed versions. tests/test_provenance.py checks each stage's list.
+"""
+# what computes results (the keys of versions.yaml)
 COMPUTING = (
     "detect-secrets",
     "gguf",
@@ -81,6 +90,20 @@ def package_versions(packages: tuple[str, ...] = COMPUTING) -> dict[str, str | N
     """Installed versions, local labels included (a CUDA build of torch is another build),
     and the interpreter's."""
     return {**{p: installed_version(p) for p in packages}, "python": platform.python_version()}
+
+
+def write_versions(lock: Path = Path("requirements.lock"), out: Path = VERSIONS_FILE) -> dict:
+    """Write versions.yaml from the lock's pins of the computing packages (`make install`
+    runs this, so a changed pin reaches the params of exactly the stages that declare it)."""
+    pins = {
+        re.sub(r"[-_.]+", "-", m[1]).lower(): m[2]
+        for m in re.finditer(r"(?m)^([A-Za-z0-9_.-]+)==(\S+)", lock.read_text(encoding="utf-8"))
+    }
+    missing = [p for p in COMPUTING if p not in pins]
+    if missing:
+        raise UserError(f"{lock}: no pin for {', '.join(missing)}")
+    write_text(out, VERSIONS_HEADER + "".join(f"{p}: {pins[p]}\n" for p in COMPUTING))
+    return {p: pins[p] for p in COMPUTING}
 
 
 def check_environment(path: Path = VERSIONS_FILE) -> dict[str, str | None]:
