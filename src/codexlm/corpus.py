@@ -215,7 +215,7 @@ def clean(
     if len(text) > max_chars:
         return None, "too_long", found
     if scrub_secrets:
-        text = scrub(text, found)
+        text = scrub(text, found, filename=raw.name)
     return text, None, found
 
 
