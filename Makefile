@@ -20,6 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 repro: $(STAMP)
+	$(BIN)/python stages/check.py  # params, corpus and model.init: before dvc removes any output
 	$(BIN)/dvc repro
 
 test: $(STAMP)

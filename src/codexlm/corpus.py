@@ -294,6 +294,10 @@ def prepare(
     workers: int | None = None,
 ) -> dict[str, object]:
     """Write out_dir/{train,val,test}.parquet and stats.json; return the stats."""
+    docs = iter_source(source, include, text_column, max_chars)
+    # the source's own checks (it exists, its text column does) fail on the first document:
+    # read it before anything is written or shown
+    docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
     writers = {s: pq.ParquetWriter(tmp[s], SCHEMA, compression="zstd") for s in SPLITS}
@@ -308,7 +312,6 @@ def prepare(
             buffers[split].clear()
 
     workers = workers or min(os.cpu_count() or 1, 8)
-    docs = iter_source(source, include, text_column, max_chars)
     jobs = ((raw, min_chars, max_chars, scrub_secrets) for raw in docs)
     try:
         with ProcessPoolExecutor(workers) as pool:

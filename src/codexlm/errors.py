@@ -2,18 +2,54 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
+
+import yaml
 
 
 class UserError(Exception):
     """A mistake in params or data: reported as one line, never as a traceback."""
 
 
+def restore_hint() -> str | None:
+    """Under `dvc repro`, which removes a stage's outputs before running it: how to get the
+    previous ones back, when dvc.lock records some (None otherwise)."""
+    stage = os.environ.get("DVC_STAGE")  # dvc sets it for every stage command
+    if not stage:
+        return None
+    lock = Path(os.environ.get("DVC_ROOT", ".")) / "dvc.lock"
+    try:
+        recorded = yaml.safe_load(lock.read_text(encoding="utf-8"))["stages"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(recorded, dict) or stage.rsplit(":", 1)[-1] not in recorded:
+        return None
+    return (
+        f"dvc removed the previous outputs of stage {stage!r} before running it; "
+        f"`dvc checkout {stage}` restores them from the cache"
+    )
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a UserError prints one line to stderr and exits with code 2."""
+    """Run a stage's main(); a UserError prints one line to stderr and exits with code 2.
+    Any failure under `dvc repro` ends with a line saying how to restore the outputs it lost."""
+    hint = restore_hint()
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         sys.exit(2)
+    except SystemExit as e:
+        if hint and e.code not in (0, None):
+            print(hint, file=sys.stderr)
+        raise
+    except BaseException as e:
+        if not hint:
+            raise
+        traceback.print_exc()  # first, so that the hint is the last line
+        print(hint, file=sys.stderr)
+        sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)

@@ -131,7 +131,7 @@ class Model(_Block):
     def _heads_divide(cls, v: int, info: Any) -> int:
         n_head = info.data.get("n_head")
         if n_head and v % n_head:
-            raise ValueError(f"{v} is not a multiple of model.n_head ({n_head})")
+            raise ValueError(f"must be a multiple of model.n_head ({n_head})")
         return v
 
     @model_validator(mode="after")
@@ -274,7 +274,7 @@ class Train(_Block):
     def _min_below_max(cls, v: float, info: Any) -> float:
         lr = info.data.get("lr")
         if lr is not None and v > lr:
-            raise ValueError(f"must not exceed train.lr ({lr}), got {v}")
+            raise ValueError(f"must not exceed train.lr ({lr})")
         return v
 
 
