@@ -28,6 +28,7 @@ import torch
 import yaml
 from conftest import ROOT, VENV_BIN, copy_repo, default_params, fake_checkpoint, run, tiny_params
 
+from codexlm.errors import restore_hint
 from codexlm.evaluate import sample
 from codexlm.model import build_model
 from codexlm.tokenizer import train_bpe
@@ -351,11 +352,34 @@ def test_failed_stage_says_how_to_restore_what_dvc_removed(prepared_repo: Path) 
     assert proc.returncode != 0
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and ours[0].endswith(
-        "`dvc checkout prepare` restores them from the cache"
+        "`dvc checkout prepare` restores the previous version from the cache"
     ), proc.stderr
     assert not (repo / "data/prepared/train.parquet").exists()  # dvc did remove them
     run(["dvc", "checkout", "prepare"], repo)  # the command the message gives
     assert _snapshot(repo / "data/prepared") == before
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("train", "dvc removed models/trained before running stage 'train'"),  # not checkpoints
+        ("tokenize", "dvc removed data/tokens, models/tokenizer before"),
+        ("evaluate", None),  # cache: false, so there is nothing to check out
+        ("export", "`dvc checkout export` restores"),
+    ],
+)
+def test_restore_hint_names_what_checkout_can_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, expected: str | None
+) -> None:
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    stages = {s: {"cmd": "x"} for s in ("prepare", "tokenize", "train", "evaluate", "export")}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_STAGE", name)
+    hint = restore_hint()
+    assert hint == expected if expected is None else expected in hint
+    monkeypatch.delenv("DVC_STAGE")
+    assert restore_hint() is None  # outside dvc, nothing was removed
 
 
 def test_make_repro_checks_params_before_dvc_touches_outputs(prepared_repo: Path) -> None:

@@ -17,20 +17,39 @@ class UserError(Exception):
 
 def restore_hint() -> str | None:
     """Under `dvc repro`, which removes a stage's outputs before running it: how to get the
-    previous ones back, when dvc.lock records some (None otherwise)."""
+    previous ones back. Only cached outputs can be, and only when dvc.lock records them (None
+    otherwise, and outside dvc)."""
     stage = os.environ.get("DVC_STAGE")  # dvc sets it for every stage command
     if not stage:
         return None
-    lock = Path(os.environ.get("DVC_ROOT", ".")) / "dvc.lock"
+    root = Path(os.environ.get("DVC_ROOT", "."))
+    name = stage.rsplit(":", 1)[-1]
     try:
-        recorded = yaml.safe_load(lock.read_text(encoding="utf-8"))["stages"]
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        outs = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"][name]
+        outs = outs.get("outs", [])
+        recorded = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+        if name not in recorded:
+            return None
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return None
-    if not isinstance(recorded, dict) or stage.rsplit(":", 1)[-1] not in recorded:
+    # persist outputs are kept; `cache: false` ones are removed but have no copy to restore
+    cached = [
+        out if isinstance(out, str) else next(iter(out))
+        for out in outs
+        if isinstance(out, str)
+        or (
+            isinstance(out, dict)
+            and not any(
+                isinstance(o, dict) and (o.get("persist") or o.get("cache") is False)
+                for o in out.values()
+            )
+        )
+    ]
+    if not cached:
         return None
     return (
-        f"dvc removed the previous outputs of stage {stage!r} before running it; "
-        f"`dvc checkout {stage}` restores them from the cache"
+        f"dvc removed {', '.join(cached)} before running stage {stage!r}; "
+        f"`dvc checkout {stage}` restores the previous version from the cache"
     )
 
 
