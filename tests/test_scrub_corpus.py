@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import copy_repo, run, tiny_params
 from transformers import AutoTokenizer
 
 from codexlm.corpus import SPLITS, prepare
@@ -594,3 +595,38 @@ def test_no_planted_secret_reaches_prepared_data_or_tokens(tmp_path: Path) -> No
     )
     assert "<secret:" in decoded
     assert not [s for s in secrets if s in decoded]
+
+
+@pytest.mark.slow
+def test_no_planted_secret_in_any_pipeline_output(tmp_path: Path) -> None:
+    """`dvc repro` on both corpora: no planted value in any file of data/, models/ or
+    reports/ (samples.md and models/export included), none in the decoded token files."""
+    secrets, values = write_corpus(tmp_path / "corpus", seed=11)
+    p = tiny_params(str(tmp_path / "corpus"))
+    p["data"]["include"] = ["**/*"]
+    repo = copy_repo(tmp_path / "repo", p)
+    run(["dvc", "repro"], repo)
+    blobs = [
+        f.read_bytes()
+        for d in ("data", "models", "reports")
+        for f in (repo / d).rglob("*")
+        if f.is_file()
+    ]
+    meta = json.loads((repo / "data/tokens/meta.json").read_text())
+    tok = AutoTokenizer.from_pretrained(repo / "models/tokenizer")
+    decoded = "\n".join(
+        tok.decode(np.fromfile(repo / "data/tokens" / f"{s}.bin", dtype=meta["dtype"]).tolist())
+        for s in SPLITS
+    )
+    # the parquet files are compressed: their texts are read, not grepped
+    prepared = "\n".join(
+        t
+        for s in SPLITS
+        for t in pq.read_table(repo / "data/prepared" / f"{s}.parquet").column("text").to_pylist()
+    )
+    for s in secrets:
+        assert s not in decoded and s not in prepared
+        assert not any(s.encode() in b for b in blobs), s
+    assert (repo / "reports/evaluate/samples.md").is_file()
+    assert (repo / "models/export/model.safetensors").is_file()
+    assert all(v in decoded for v in values)
