@@ -31,13 +31,15 @@ import io
 import itertools
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.core.scan import _is_filtered_out
 from detect_secrets.plugins.base import BasePlugin, RegexBasedDetector
+from detect_secrets.plugins.keyword import DENYLIST as KEYWORD_WORDS
+from detect_secrets.plugins.keyword import KeywordDetector
 from detect_secrets.settings import get_settings
 from detect_secrets.transformers import get_transformed_file
 from detect_secrets.util.code_snippet import get_code_snippet
@@ -76,10 +78,11 @@ _CODE_TYPES = {
 
 # A key whose name ends in one of these holds a credential (`DB_PASSWORD`, `auth_token`,
 # `client_secret`, `db.password`); `token_ttl`, `max_tokens`, `password_file` do not end so.
-_SECRET_NAME = (
-    r"[A-Za-z0-9_.\-]*?(?:password|passwd|pwd|passphrase|secret|token|api[_\-]?key|"
+_SECRET_WORDS = (
+    r"(?:password|passwd|pwd|passphrase|secret|token|api[_\-]?key|"
     r"access[_\-]?key|secret[_\-]?key|private[_\-]?key|auth[_\-]?key|credentials?|sas)"
 )
+_SECRET_NAME = rf"[A-Za-z0-9_.\-]*?{_SECRET_WORDS}"
 
 
 class HuggingFaceTokenDetector(RegexBasedDetector):
@@ -239,6 +242,33 @@ def _plugins() -> tuple[BasePlugin, ...]:
     return tuple(sorted(plugins, key=lambda p: (_rank(p), p.secret_type)))
 
 
+@cache
+def _gates() -> tuple[tuple[BasePlugin, Callable[[str, str], bool] | None], ...]:
+    """Each plugin with a test of the whole document (and its lower-cased copy) that any line
+    the plugin flags must pass: a match of its own denylist (made multi-line, so `^`/`$`
+    still match at line ends), or of one of the secret words of the keyword and assignment
+    detectors (lower-case literals, so searched in the lower-cased text: a case-insensitive
+    alternation is several times slower); None (always run) for the entropy detectors.
+    Exact, and it spares most documents most plugins."""
+
+    def any_of(patterns: list[re.Pattern[str]], lowered: bool) -> Callable[[str, str], bool]:
+        return lambda text, lower: any(p.search(lower if lowered else text) for p in patterns)
+
+    gates = []
+    for plugin in _plugins():
+        if isinstance(plugin, RegexBasedDetector):
+            denylist = [re.compile(r.pattern, r.flags | re.M) for r in plugin.denylist]
+            gate = any_of(denylist, lowered=False)
+        elif isinstance(plugin, KeywordDetector):
+            gate = any_of([re.compile("|".join(KEYWORD_WORDS))], lowered=True)
+        elif isinstance(plugin, SecretAssignmentDetector):
+            gate = any_of([re.compile(_SECRET_WORDS)], lowered=True)
+        else:
+            gate = None
+        gates.append((plugin, gate))
+    return tuple(gates)
+
+
 def _rank(plugin: BasePlugin) -> int:
     if plugin.secret_type.endswith("High Entropy String"):
         return 3
@@ -269,13 +299,18 @@ def find_secrets(text: str, filename: str) -> dict[str, str]:
     its filters applied only to what a plugin found, in that order: most lines hold nothing,
     and its argument-injecting wrappers cost more than the regexes themselves."""
     found: dict[str, str] = {}
-    for lines in _line_sets(text, filename):
+    line_sets = list(_line_sets(text, filename))
+    whole = "\n".join(line for lines in line_sets for line in lines)
+    # a plugin whose patterns match nowhere in the document cannot match on any of its lines
+    lower = whole.lower()
+    plugins = [p for p, gate in _gates() if gate is None or gate(whole, lower)]
+    for lines in line_sets:
         for n, line in enumerate(lines, 1):
             line = line.rstrip()
             if not line:
                 continue
             snippet = indirect = None
-            for plugin in _plugins():
+            for plugin in plugins:
                 for secret in plugin.analyze_line(filename=filename, line=line, line_number=n):
                     value = secret.secret_value
                     if snippet is None:
