@@ -294,6 +294,16 @@ def password_marked_allowlisted_by_its_author(rng):
 
 
 @planted
+def sequential_looking_password_in_multi_document_yaml(rng):
+    # runs of consecutive characters, but too short and too broken to be an alphabet
+    pw = "".join(
+        draw(rng, string.ascii_lowercase, 1) + draw(rng, string.digits, 2) for _ in range(4)
+    )
+    pw = "abc" + pw + "456"
+    return "multi.yaml", f"%YAML 1.1\n---\npassword: {pw}\n...\n---\nuser: app\n", [pw]
+
+
+@planted
 def azure_storage_key(rng):
     k = draw(rng, B64, 86) + "=="
     conn = f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={k};"
@@ -411,6 +421,19 @@ def base32_alphabet(rng):
 def base58_alphabet(rng):
     a = "".join(c for c in ALNUM_SORTED if c not in "0OIl")
     return "b58.py", _code(f'B58 = "{a}"'), [a]
+
+
+@ordinary
+def crockford_alphabet(rng):
+    a = "".join(c for c in string.digits + string.ascii_uppercase if c not in "ILOU")
+    return "crockford.py", _code(f'SYMBOLS = "{a}"'), [a]
+
+
+@ordinary
+def shuffled_alphabet_with_a_typo(rng):
+    # the standard library's shlex.py has exactly this (f and e swapped)
+    a = "abcdfeghijklmnopqrstuvwxyz"
+    return "lexer.py", _code(f"self.wordchars = '{a}'"), [a]
 
 
 @ordinary

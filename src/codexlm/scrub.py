@@ -191,12 +191,13 @@ _NAME_BASED = {"Secret Keyword", "Secret Assignment", "URL Query Credential"}
 def _is_alphabet(value: str) -> bool:
     """An encoding alphabet or a run of one (`ABC...XYZabc...xyz0123456789+/`,
     `0123456789abcdef`, `abcdfeghij...`): a few runs of consecutive characters, whereas a
-    random string of the same length is almost all runs of one."""
+    random string is almost all runs of one. At least 16 characters in runs of 5 on average:
+    `abc123def456` is a (weak) password, not an alphabet."""
     chars = [c for c in value if c.isalnum()]
-    if len(chars) < 10:
+    if len(chars) < 16:
         return False
     runs = 1 + sum(ord(b) != ord(a) + 1 for a, b in itertools.pairwise(chars))
-    return runs <= max(4, len(chars) // 8)
+    return len(chars) >= 5 * runs
 
 
 def _is_credential_like(value: str) -> bool:
