@@ -82,7 +82,9 @@ _SECRET_WORDS = (
     r"(?:password|passwd|pwd|passphrase|secret|token|api[_\-]?key|"
     r"access[_\-]?key|secret[_\-]?key|private[_\-]?key|auth[_\-]?key|credentials?|sas)"
 )
-_SECRET_NAME = rf"[A-Za-z0-9_.\-]*?{_SECRET_WORDS}"
+# starts where a run of name characters starts: a match attempt from inside the run would
+# rescan it, quadratic on a long minified line
+_SECRET_NAME = rf"(?<![A-Za-z0-9_.\-])[A-Za-z0-9_.\-]*?{_SECRET_WORDS}"
 
 
 class HuggingFaceTokenDetector(RegexBasedDetector):
@@ -124,7 +126,7 @@ class SecretAssignmentDetector(BasePlugin):
 
     secret_type = "Secret Assignment"  # pragma: allowlist secret
     _quoted = re.compile(
-        rf"(?i)(?<![A-Za-z0-9]){_SECRET_NAME}['\"\]]{{0,2}}\s*(?::=|=>|=|:)\s*[@rbu]?"
+        rf"(?i){_SECRET_NAME}['\"\]]{{0,2}}\s*(?::=|=>|=|:)\s*[@rbu]?"
         r"(['\"`])([^'\"`\n]{8,})\1"
     )
     _unquoted = re.compile(
