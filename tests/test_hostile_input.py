@@ -100,6 +100,7 @@ def replaced(pattern: str, replacement: str) -> str:
         pytest.param(PARAMS_TEXT + "seed: 7\n", "duplicate key 'seed'", id="dup-top-level"),
         pytest.param(PARAMS_TEXT + "train:\n  steps: 3\n", "duplicate key 'train'", id="dup-block"),
         pytest.param("", "params.yaml", id="empty-file"),
+        pytest.param("seed: " + "[" * 5000 + "]" * 5000 + "\n", "params.yaml", id="deep-nesting"),
         pytest.param(replaced(r"^  steps: .*$", "  steps: [1,"), "not valid YAML", id="bad-yaml"),
     ],
 )
@@ -256,6 +257,15 @@ def test_unstorable_text_is_dropped_and_counted(tmp_path: Path, bad: str, reason
     proc = _prepare(tmp_path / "run", src)
     assert proc.returncode == 0, proc.stderr
     assert _dropped(tmp_path / "run") == {reason: 1}
+
+
+def test_jsonl_line_in_another_encoding_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "c.jsonl"
+    good = "".join(json.dumps(r) + "\n" for r in _good_rows())
+    src.write_bytes(good.encode() + b'{"text": "# caf\xe9 in Latin-1, long enough to keep"}\n')
+    proc = _prepare(tmp_path / "run", src)
+    assert proc.returncode == 0, proc.stderr
+    assert _dropped(tmp_path / "run") == {"not_utf8": 1}
 
 
 def test_binary_past_the_sniffed_prefix_is_dropped(tmp_path: Path) -> None:

@@ -127,7 +127,10 @@ def _read_jsonl(path: Path, column: str) -> Iterator[Raw]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError:
+            except UnicodeDecodeError:
+                yield Raw(f"{path.name}:{i}", None, "not_utf8")
+                continue
+            except (ValueError, RecursionError):
                 yield Raw(f"{path.name}:{i}", None, "malformed_line")
                 continue
             if isinstance(row, dict) and column not in row and not seen_column:

@@ -401,6 +401,8 @@ def load_yaml(path: str | Path) -> Any:
         raise UserError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be params") from None
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
