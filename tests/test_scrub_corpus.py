@@ -304,6 +304,12 @@ def sequential_looking_password_in_multi_document_yaml(rng):
 
 
 @planted
+def password_whose_value_the_line_extends(rng):
+    pw = draw(rng, ALNUM, 10)
+    return "ext.py", _code(f'password = "{pw}"; legacy = {pw}_v1'), [pw]
+
+
+@planted
 def azure_storage_key(rng):
     k = draw(rng, B64, 86) + "=="
     conn = f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={k};"

@@ -215,10 +215,11 @@ def _is_ordinary(value: str, line: str, secret_type: str) -> bool:
     if _is_alphabet(bare):
         return True
     if secret_type not in _NAME_BASED:
-        if _HEX_ID.fullmatch(value) and not _NAMED_SECRET.search(line):
-            return True
-        named = _NAMED_SECRET.search(line)
-        return bool(_HEX_32.fullmatch(value) and _DIGEST_WORD.search(line) and not named)
+        if _NAMED_SECRET.search(line):
+            return False
+        return bool(
+            _HEX_ID.fullmatch(value) or (_HEX_32.fullmatch(value) and _DIGEST_WORD.search(line))
+        )
     if not _is_credential_like(value):
         return True
     if _IDENTIFIER.fullmatch(value) or _SENTENCE.fullmatch(value):
@@ -346,12 +347,15 @@ def find_secrets(text: str, filename: str) -> dict[str, str]:
                     # some plugins report a fragment (GitHub: only the "ghp" prefix group; JWT:
                     # no signature): the whole token that the fragment starts is the secret
                     tails = re.findall(re.escape(value) + _TOKEN_TAIL, line)
-                    value = max(tails, key=len, default=value)
-                    if _is_ordinary(value, line, secret.type):
-                        continue
-                    found.setdefault(value, secret.type)
-                    # the transformers escape quotes inside values
-                    found.setdefault(value.replace('\\"', '"'), secret.type)
+                    values = {max(tails, key=len, default=value)}
+                    if not isinstance(plugin, RegexBasedDetector):
+                        # a keyword's value is whole, even where the line goes on to extend it
+                        values.add(value)
+                    for v in values:
+                        if not _is_ordinary(v, line, secret.type):
+                            found.setdefault(v, secret.type)
+                            # the transformers escape quotes inside values
+                            found.setdefault(v.replace('\\"', '"'), secret.type)
     return found
 
 
