@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -124,11 +127,6 @@ def corpus_dir_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fake_checkpoint(path: Path, **config) -> Path:
     """A folder that passes model.init's inspection (a config object and complete safetensors
     weights) without being a loadable model: for tests of params checks."""
-    import json
-
-    import numpy as np
-    from safetensors.numpy import save_file
-
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
     save_file({"w": np.zeros(4, dtype=np.float32)}, str(path / "model.safetensors"))
