@@ -438,7 +438,7 @@ def crockford_alphabet(rng):
 @ordinary
 def shuffled_alphabet_with_a_typo(rng):
     # the standard library's shlex.py has exactly this (f and e swapped)
-    a = "abcdfeghijklmnopqrstuvwxyz"
+    a = string.ascii_lowercase.replace("ef", "fe")
     return "lexer.py", _code(f"self.wordchars = '{a}'"), [a]
 
 
