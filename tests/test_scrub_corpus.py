@@ -310,6 +310,81 @@ def password_whose_value_the_line_extends(rng):
 
 
 @planted
+def openai_project_key(rng):
+    k = "sk-" + "proj-" + draw(rng, URLSAFE, 64)
+    return "llm.py", _code(f'client = OpenAI(api_key="{k}")'), [k]
+
+
+@planted
+def anthropic_key_in_env(rng):
+    k = "sk-" + "ant-api03-" + draw(rng, URLSAFE, 93)
+    return ".env", f"ANTHROPIC_KEY_FOR_CI={k}\n", [k]
+
+
+@planted
+def groq_key(rng):
+    k = "gsk" + "_" + draw(rng, ALNUM, 52)
+    return "groq_client.py", _code(f"GROQ = '{k}'"), [k]
+
+
+@planted
+def bearer_token_in_a_curl_command(rng):
+    t = draw(rng, ALNUM, 40)
+    text = f'#!/bin/sh\ncurl -H "Authorization: Bearer {t}" https://api.example.com/v1/me\n'
+    return "call.sh", text, [t]
+
+
+@planted
+def bearer_token_in_a_call(rng):
+    t = draw(rng, ALNUM + "-_", 48)
+    return (
+        "api_call.py",
+        _code(f'requests.get(URL, headers={{"Authorization": "Bearer {t}"}})'),
+        [t],
+    )
+
+
+@planted
+def api_token_keyword_argument_in_a_call(rng):
+    t = draw(rng, ALNUM, 30)
+    return "sdk.py", _code(f'client = Client(api_token="{t}", timeout=5)'), [t]
+
+
+@planted
+def basic_auth_header_in_http_file(rng):
+    cred = base64.b64encode(f"deploy:{draw(rng, ALNUM, 14)}".encode()).decode()
+    return "requests.http", f"GET https://example.com/\nAuthorization: Basic {cred}\n", [cred]
+
+
+@planted
+def service_bus_connection_string(rng):
+    k = draw(rng, B64, 43) + "="
+    conn = (
+        f"Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccessKey={k}"
+    )
+    return "bus.py", _code(f'CONN = "{conn}"'), [k]
+
+
+@planted
+def odbc_password(rng):
+    pw = draw(rng, ALNUM, 14)
+    conn = f"Driver={{ODBC Driver 18}};Server=db;Uid=app;Pwd={pw};Encrypt=yes"
+    return "odbc.py", _code(f'CONN = "{conn}"'), [pw]
+
+
+@planted
+def redis_url_without_user(rng):
+    pw = draw(rng, ALNUM, 20)
+    return "cache.py", _code(f'REDIS_URL = "redis://:{pw}@cache.internal:6379/0"'), [pw]
+
+
+@planted
+def netrc_password(rng):
+    pw = password(rng)
+    return ".netrc", f"machine api.example.com\n  login deploy\n  password {pw}\n", [pw]
+
+
+@planted
 def azure_storage_key(rng):
     k = draw(rng, B64, 86) + "=="
     conn = f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={k};"
@@ -541,6 +616,30 @@ def kebab_case_secret_name(rng):
 @ordinary
 def ini_without_secrets(rng):
     return "server.ini", "[server]\nport = 8080\nhost = example.org\nworkers = 4\n", ["example.org"]
+
+
+@ordinary
+def bearer_header_from_a_variable(rng):
+    code = 'headers = {"Authorization": f"Bearer {token}"}'
+    return "auth_hdr.py", _code(code), [code]
+
+
+@ordinary
+def bearer_placeholder_in_docs(rng):
+    line = "curl -H 'Authorization: Bearer YOUR_ACCESS_TOKEN' https://api.example.com"
+    return "USAGE.md", line + "\n", [line]
+
+
+@ordinary
+def connection_string_template(rng):
+    conn = "Server=db;Uid=app;Pwd=${DB_PASSWORD};"
+    return "conn_tpl.py", _code(f'CONN = "{conn}"'), [conn]
+
+
+@ordinary
+def password_keyword_argument_default(rng):
+    code = "def open(self, name, mode='r', pwd=None):\n    return self._open(name, pwd=pwd)"
+    return "archive.py", _code(code), [code]
 
 
 PLANTED_KINDS = len(PLANTED)

@@ -38,6 +38,7 @@ from typing import Any
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.core.scan import _is_filtered_out
 from detect_secrets.plugins.base import BasePlugin, RegexBasedDetector
+from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
 from detect_secrets.plugins.keyword import DENYLIST as KEYWORD_WORDS
 from detect_secrets.plugins.keyword import KeywordDetector
 from detect_secrets.settings import get_settings
@@ -106,6 +107,48 @@ class GoogleApiKeyDetector(RegexBasedDetector):
     denylist = (re.compile(r"AIza[0-9A-Za-z_\-]{35}"),)
 
 
+class PrefixedTokenDetector(RegexBasedDetector):
+    """API keys that announce themselves by a prefix detect-secrets 1.5 does not know: OpenAI
+    project/service-account and Anthropic keys (`sk-proj-`, `sk-ant-api03-`...), Groq
+    (`gsk_`), Replicate (`r8_`), xAI (`xai-`), DigitalOcean (`dop_v1_`), Shopify (`shpat_`),
+    Google OAuth access tokens (`ya29.`)."""
+
+    secret_type = "Prefixed API Token"  # pragma: allowlist secret
+    denylist = (
+        re.compile(
+            r"(?<![A-Za-z0-9])sk-(?:proj-|ant-(?:api|admin)\d\d-|svcacct-|admin-)?"
+            r"[A-Za-z0-9_\-]{32,}"
+        ),
+        re.compile(
+            r"(?<![A-Za-z0-9])(?:gsk_[A-Za-z0-9]{40,}|r8_[A-Za-z0-9]{30,}|xai-[A-Za-z0-9]{40,}"
+            r"|dop_v1_[a-f0-9]{64}|shpat_[a-fA-F0-9]{32}|ya29\.[A-Za-z0-9_\-]{30,})"
+        ),
+    )
+
+
+class AuthorizationHeaderDetector(RegexBasedDetector):
+    """The credential of an `Authorization: Bearer ...` / `Basic ...` header, quoted or not
+    (curl commands, HTTP files, docs)."""
+
+    secret_type = "Authorization Header"  # pragma: allowlist secret
+    denylist = (re.compile(r"(?i)\b(?:bearer|basic)\s+([A-Za-z0-9\-._~+/]{16,}=*)"),)
+
+
+class ConnectionStringDetector(RegexBasedDetector):
+    """Key=value secrets inside connection strings (`AccountKey=`, `SharedAccessKey=`,
+    `Password=` in ADO/ODBC strings) and a URL password with no user (`redis://:pw@host`)."""
+
+    secret_type = "Connection String Secret"  # pragma: allowlist secret
+    denylist = (
+        re.compile(
+            # inside a string: after its quote or a `;`, not a keyword argument `pwd=None`
+            r"(?i)[;\"'](?:AccountKey|SharedAccessKey|SharedSecret|Password|Pwd)="
+            r"([^;'\"\s(),]{6,})"
+        ),
+        re.compile(r"://:([^@/\s'\"]{4,})@"),
+    )
+
+
 class UrlQueryCredentialDetector(RegexBasedDetector):
     """`?key=...`, `&access_token=...`, `&sig=...` in a URL."""
 
@@ -134,17 +177,29 @@ class SecretAssignmentDetector(BasePlugin):
         r"([^\s'\"`#;,]+)"
     )
 
-    def analyze_string(self, string: str, unquoted: bool = False) -> Iterator[str]:
+    # .netrc: `machine host login user password secret`, separated by blanks
+    _netrc = re.compile(r"(?i)(?:^|\s)password\s+(\S+)")
+
+    def analyze_string(
+        self, string: str, unquoted: bool = False, netrc: bool = False
+    ) -> Iterator[str]:
         for m in self._quoted.finditer(string):
             yield m.group(2)
         if unquoted:
             for m in self._unquoted.finditer(string):
                 yield m.group(1)
+        if netrc:
+            for m in self._netrc.finditer(string):
+                yield m.group(1)
 
     def analyze_line(self, filename: str, line: str, line_number: int = 0, **kwargs: Any):
         unquoted = determine_file_type(filename) not in _CODE_TYPES
         found = super().analyze_line(
-            filename=filename, line=line, line_number=line_number, unquoted=unquoted
+            filename=filename,
+            line=line,
+            line_number=line_number,
+            unquoted=unquoted,
+            netrc=filename.endswith("netrc"),
         )
         return {s for s in found if _is_credential_like(s.secret_value or "")}
 
@@ -153,6 +208,9 @@ _PROJECT_PLUGINS: tuple[type[BasePlugin], ...] = (
     HuggingFaceTokenDetector,
     GitHubFineGrainedTokenDetector,
     GoogleApiKeyDetector,
+    PrefixedTokenDetector,
+    AuthorizationHeaderDetector,
+    ConnectionStringDetector,
     UrlQueryCredentialDetector,
     SecretAssignmentDetector,
 )
@@ -187,7 +245,14 @@ _NOT_A_VALUE = re.compile(
     r"(?i)true|false|none|null|nil|yes|no|on|off|\*+|x+|\.\.\.|"
     r"\$\{?\w+\}?|%\(\w+\)s|\{\{.*\}\}|<[^>]*>|\[[^\]]*\]|\w+\(.*\)"
 )
-_NAME_BASED = {"Secret Keyword", "Secret Assignment", "URL Query Credential"}
+# Found by a name or a position, not by the value's format: the value may be a name itself.
+_NAME_BASED = {
+    "Secret Keyword",
+    "Secret Assignment",
+    "URL Query Credential",
+    "Authorization Header",
+    "Connection String Secret",
+}
 
 
 def _is_alphabet(value: str) -> bool:
@@ -320,14 +385,16 @@ def find_secrets(text: str, filename: str) -> dict[str, str]:
                     if snippet is None:
                         snippet = get_code_snippet(lines, n)
                         # the line filters (indirect references: `x = f(...)`) are heuristics
-                        # for keywords and entropy; a token of a known format is still one
+                        # for detect-secrets' keyword and entropy detectors; a token of a known
+                        # format, or a literal in a call (`Client(token="...")`), is still one
                         indirect = _is_filtered_out(
                             required_filter_parameters=["line"],
                             filename=filename,
                             line=line,
                             context=snippet,
                         )
-                    if not value or (indirect and _rank(plugin) > 0):
+                    heuristic = isinstance(plugin, KeywordDetector | HighEntropyStringsPlugin)
+                    if not value or (indirect and heuristic):
                         continue
                     if _is_filtered_out(
                         required_filter_parameters=["secret"],
