@@ -130,6 +130,8 @@ def test_params_file_itself(tmp_path: Path, text: str, named: str) -> None:
         ({"lora__target_modules": 5}, "lora.target_modules"),
         ({"lora__target_modules": ["q_proj", ""]}, "lora.target_modules"),
         ({"train__min_lr": 0.5}, "train.min_lr"),
+        ({"train__weight_decay": 400.0}, "train.weight_decay"),  # lr 3e-3: scales by -0.2
+        ({"evaluate__temperature": 1e-300}, "evaluate.temperature"),
         ({"data__source": "no/such/corpus"}, "data.source"),
         ({"data__source": "README.md"}, "data.source"),
     ],

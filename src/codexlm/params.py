@@ -261,6 +261,18 @@ class Train(_Block):
         return self
 
     @model_validator(mode="after")
+    def _decay_below_one_per_step(self) -> Train:
+        # AdamW multiplies every weight by (1 - lr * weight_decay) each step: at 1 or more the
+        # weights are zeroed or flip sign, and training ends in non-finite values much later
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"train.weight_decay: {self.weight_decay} with train.lr {self.lr} scales the "
+                f"weights by {1 - self.lr * self.weight_decay:.3g} each step; keep "
+                "lr * weight_decay below 1"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _mode_needs_compile(self) -> Train:
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(
@@ -283,7 +295,16 @@ class Evaluate(_Block):
     max_tokens: int = Field(ge=0)  # 0 = the whole split
     prompts: list[NonEmpty] = Field(min_length=1)
     max_new_tokens: int = PositiveInt
-    temperature: float = Field(ge=0)
+    # 0 is greedy; below 0.01 the scaled logits overflow to inf and sampling fails
+    temperature: float = Field(ge=0, le=100)
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sane(cls, v: float) -> float:
+        if 0 < v < 0.01:
+            raise ValueError("must be 0 (greedy) or at least 0.01")
+        return v
+
     top_k: int = Field(ge=0)
 
 
