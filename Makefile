@@ -23,6 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 # With a default DVC remote (README "Sharing results") `--pull` fetches the run-cache and
 # the outputs it holds instead of recomputing them; without one, a plain `dvc repro`.
 repro: $(STAMP)
+	$(BIN)/python stages/check.py  # params, corpus and model.init: before dvc removes any output
 	$(BIN)/dvc repro $(shell $(BIN)/dvc remote default >/dev/null 2>&1 && echo --pull)
 
 test: $(STAMP)

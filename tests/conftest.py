@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import save_file
 
 from codexlm import params as schema
 
@@ -130,3 +133,12 @@ def corpus_dir_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dst = tmp_path_factory.mktemp("corpus") / "corpus"
     shutil.copytree(ROOT / "src" / "codexlm", dst, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
+
+
+def fake_checkpoint(path: Path, **config) -> Path:
+    """A folder that passes model.init's inspection (a config object and complete safetensors
+    weights) without being a loadable model: for tests of params checks."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(path / "model.safetensors"))
+    return path

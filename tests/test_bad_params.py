@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, default_params, run
+from conftest import ROOT, default_params, fake_checkpoint, run
 
 
 def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
@@ -26,9 +26,7 @@ def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
 
 
 def fake_model(path: Path, **config) -> Path:
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
-    return path
+    return fake_checkpoint(path, **config)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, default_params, run
+from conftest import ROOT, default_params, fake_checkpoint, run
 
 from codexlm import params
 from codexlm.errors import UserError
@@ -200,9 +200,7 @@ def test_lora_needs_a_pretrained_model(tmp_path: Path) -> None:
     raw["model"]["init"] = "scratch"
     msg = error_of(raw)
     assert "lora.enabled" in msg and "model.init" in msg
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 512}')
+    base = fake_checkpoint(tmp_path / "base", max_position_embeddings=512)
     raw["model"]["init"] = str(base)
     assert params.parse(raw).lora.enabled
 
@@ -216,9 +214,7 @@ def test_fsdp_needs_several_processes() -> None:
 
 
 def test_fsdp_with_lora_is_refused(tmp_path: Path) -> None:
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 512}')
+    base = fake_checkpoint(tmp_path / "base", max_position_embeddings=512)
     raw = with_value("lora.enabled", True)
     raw["model"]["init"] = str(base)
     raw["train"].update(strategy="fsdp", nproc=2)

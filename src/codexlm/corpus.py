@@ -152,6 +152,14 @@ def _glob_match(rel: str, pattern: str) -> bool:
 def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[Raw]:
     for path in paths:
         name = path.relative_to(root).as_posix()
+        if not _is_utf8(name):
+            # bytes that are not UTF-8 (os.walk gives them as surrogates) cannot be stored
+            yield Raw(
+                name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                None,
+                "invalid_file_name",
+            )
+            continue
         try:
             st = path.stat()
             if not stat.S_ISREG(st.st_mode):
@@ -168,21 +176,30 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
 
 
 def _read_jsonl(path: Path, column: str) -> Iterator[Raw]:
+    seen_column = False
     with path.open("rb") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except ValueError:
+            except UnicodeDecodeError:
+                yield Raw(f"{path.name}:{i}", None, "not_utf8")
+                continue
+            except (ValueError, RecursionError):
                 yield Raw(f"{path.name}:{i}", None, "malformed_line")
                 continue
+            if isinstance(row, dict) and column not in row and not seen_column:
+                # the first record already lacks it: the column is misnamed, not missing
+                raise UserError(
+                    f"{path}:{i}: no key {column!r} (keys: {', '.join(map(str, row)) or 'none'}); "
+                    "set data.text_column"
+                )
             if not isinstance(row, dict) or column not in row:
                 yield Raw(f"{path.name}:{i}", None, "missing_text")
-            elif not isinstance(row[column], str):
-                yield Raw(f"{path.name}:{i}", None, "null_text")
             else:
-                yield Raw(f"{path.name}:{i}", row[column])
+                seen_column = True
+                yield _cell(f"{path.name}:{i}", row[column])
 
 
 def _read_table(path: Path, column: str) -> Iterator[Raw]:
@@ -205,6 +222,9 @@ def _read_table(path: Path, column: str) -> Iterator[Raw]:
                 # code has newlines inside quoted cells; without this, reading fails at the
                 # first block boundary that falls inside one
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                # read as bytes and decode per row: a few rows in another encoding are dropped
+                # as not_utf8, rather than failing the file or turning every row to bytes
+                convert_options=pacsv.ConvertOptions(column_types={column: pa.binary()}),
             )
             if column not in reader.schema.names:
                 raise UserError(
@@ -216,13 +236,29 @@ def _read_table(path: Path, column: str) -> Iterator[Raw]:
         for batch in batches:
             for value in batch.column(column).to_pylist():
                 row += 1
-                name = f"{path.name}:{row}"
-                if isinstance(value, str):
-                    yield Raw(name, value)
-                else:
-                    yield Raw(name, None, "null_text")
+                yield _cell(f"{path.name}:{row}", value)
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+
+
+def _cell(name: str, value: object) -> Raw:
+    """A table cell as a document: its text, or why not."""
+    if isinstance(value, bytes):  # csv cells are read as bytes: decoded here, row by row
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return Raw(name, None, "not_utf8")
+    if isinstance(value, str):
+        return Raw(name, value)
+    return Raw(name, None, "null_text")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: from undecodable file names, or JSON escapes
+        return False
+    return True
 
 
 def iter_source(source: str, include: list[str], text_column: str, max_chars: int) -> Iterator[Raw]:
@@ -258,19 +294,22 @@ def clean(
         return None, raw.skip, found
     data = raw.data
     if isinstance(data, bytes):
-        if b"\0" in data[:8192]:
-            return None, "binary", found
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError:
-            return None, "not_utf8", found
+            # binary data is rarely valid UTF-8: most of it is caught here
+            return None, "binary" if b"\0" in data else "not_utf8", found
+    if "\0" in data:  # anywhere, not only in a prefix: NUL is never in source text
+        return None, "binary", found
+    if not _is_utf8(data):
+        return None, "invalid_unicode", found
     text = data.replace("\r\n", "\n").replace("\r", "\n")
     if len(text) < min_chars:
         return None, "too_short", found
     if len(text) > max_chars:
         return None, "too_long", found
     if scrub_secrets:
-        text = scrub(text, found)
+        text = scrub(text, found, filename=raw.name)
     return text, None, found
 
 
@@ -317,6 +356,10 @@ def prepare(
 
     `source_identity` (what the source is, e.g. `stdlib_identity()`) is recorded in stats.json.
     """
+    docs = iter_source(source, include, text_column, max_chars)
+    # the source's own checks (it exists, its text column does) fail on the first document:
+    # read it before anything is written or shown
+    docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
     writers = {s: pq.ParquetWriter(tmp[s], SCHEMA, compression="zstd") for s in SPLITS}
@@ -331,7 +374,6 @@ def prepare(
             buffers[split].clear()
 
     workers = workers or min(os.cpu_count() or 1, 8)
-    docs = iter_source(source, include, text_column, max_chars)
     jobs = ((raw, min_chars, max_chars, scrub_secrets) for raw in docs)
     try:
         with ProcessPoolExecutor(workers) as pool:
@@ -372,7 +414,7 @@ def prepare(
         raise UserError(
             f"data.source: {source!r} gave {kept} usable documents (dropped: "
             f"{dict(stats.dropped) or 'none'}), leaving the {'/'.join(empty)} split empty; "
-            "add documents or adjust data.min_chars/max_chars/include"
+            f"add documents or adjust {_knobs(stats.dropped)}"
         )
     for s in SPLITS:
         os.replace(tmp[s], out_dir / f"{s}.parquet")
@@ -381,3 +423,11 @@ def prepare(
         result["source"] = source_identity
     write_json(out_dir / "stats.json", result)
     return result
+
+
+def _knobs(dropped: Counter[str]) -> str:
+    """The params that decide the drops seen, for the message when nothing is left."""
+    knobs = ["data.min_chars/max_chars/include"]
+    if dropped["missing_text"] or dropped["null_text"]:
+        knobs.insert(0, "data.text_column")
+    return " or ".join(knobs)

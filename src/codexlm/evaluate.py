@@ -15,6 +15,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from codexlm.data import sequential_batches
+from codexlm.errors import UserError
 from codexlm.metrics import bits_per_byte, token_nll
 
 
@@ -105,12 +106,24 @@ def sample(
     seed: int,
     device: torch.device,
 ) -> list[str]:
-    """One completion per prompt; seeded, so the same weights give the same samples."""
+    """One completion per prompt; seeded, so the same weights give the same samples.
+
+    A model with absolute positions (gpt2's `n_positions`) cannot generate past them: the
+    prompt is cut to its last `n_positions - max_new_tokens` tokens."""
+    positions = getattr(model.config, "n_positions", None)
+    if positions is not None and max_new_tokens >= positions:
+        raise UserError(
+            f"evaluate.max_new_tokens: {max_new_tokens} leaves no room for a prompt in the "
+            f"model's {positions} positions; set it below {positions}"
+        )
     model.eval()
     out = []
     for i, prompt in enumerate(prompts):
         torch.manual_seed(seed + i)
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        if positions is not None:
+            # absolute position embeddings end at `positions`: keep the prompt's last tokens
+            ids = ids[:, -(positions - max_new_tokens) :]
         greedy = temperature == 0
         gen = model.generate(
             input_ids=ids,

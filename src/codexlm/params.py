@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from safetensors import SafetensorError, safe_open
 
 from codexlm.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+TABLE_EXTS = (".jsonl", ".csv", ".parquet")  # the table formats prepare reads
+# numpy's and torch's generators take a 32-bit seed
+MAX_SEED = 2**32 - 1
 
 
 class _Loader(yaml.SafeLoader):
@@ -27,6 +31,24 @@ class _Loader(yaml.SafeLoader):
     """
 
 
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """YAML says mapping keys are unique; PyYAML silently keeps the last. Refuse instead: a
+    duplicated key in params.yaml is a mistake whichever value was meant."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(f"duplicate key {key!r} at line {line} (first at line {seen[key]})")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
@@ -43,10 +65,12 @@ _Loader.add_implicit_resolver(
 
 class _Block(BaseModel):
     # strict: "yes" is not a bool and "8" is not an int; ints are still accepted as floats
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan: `.inf`/`.nan` are YAML floats, but no param has a use for them
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 PositiveInt = Field(gt=0)
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class Data(_Block):
@@ -59,11 +83,38 @@ class Data(_Block):
     test_fraction: float = Field(gt=0, lt=0.5)
     scrub_secrets: bool
 
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Data:
+        if self.min_chars > self.max_chars:
+            raise ValueError(
+                f"data.min_chars: {self.min_chars} exceeds data.max_chars ({self.max_chars}): "
+                "every document would be dropped"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _source_exists(self) -> Data:
+        """Checked here so that no stage (and no `dvc repro`) starts on a corpus that is not
+        there or not of a kind prepare reads."""
+        if self.source == "stdlib":
+            return self
+        path = Path(self.source)
+        if not path.exists():
+            raise ValueError(
+                f"data.source: {self.source!r} does not exist (use 'stdlib', a folder or a file)"
+            )
+        if not path.is_dir() and path.suffix not in TABLE_EXTS:
+            raise ValueError(
+                f"data.source: {self.source!r} is not a folder or a {'/'.join(TABLE_EXTS)} file"
+            )
+        return self
+
 
 class Tokenizer(_Block):
     vocab_size: int = Field(ge=260, le=1_000_000)
     min_frequency: int = Field(ge=1)
-    max_train_mb: float = Field(gt=0)
+    # at least 10 kB (BPE needs some text), at most 1 TB (an int number of bytes)
+    max_train_mb: float = Field(ge=0.01, le=1_000_000)
 
 
 class Model(_Block):
@@ -80,8 +131,19 @@ class Model(_Block):
     def _heads_divide(cls, v: int, info: Any) -> int:
         n_head = info.data.get("n_head")
         if n_head and v % n_head:
-            raise ValueError(f"must be a multiple of model.n_head ({n_head}), got {v}")
+            raise ValueError(f"must be a multiple of model.n_head ({n_head})")
         return v
+
+    @model_validator(mode="after")
+    def _rotary_head_size(self) -> Model:
+        # rotary embeddings rotate pairs of channels: a head needs an even number of them
+        head = self.d_model // self.n_head
+        if self.from_scratch and self.arch == "llama" and head % 2:
+            raise ValueError(
+                f"model.d_model: {self.d_model} / model.n_head {self.n_head} gives heads of "
+                f"{head} channels; llama's rotary embeddings need an even head size"
+            )
+        return self
 
     @property
     def from_scratch(self) -> bool:
@@ -102,8 +164,13 @@ class Model(_Block):
             )
         try:
             cfg = json.loads(config.read_text(encoding="utf-8"))
-        except ValueError:
-            raise ValueError(f"model.init: {config} is not valid JSON") from None
+        except (ValueError, OSError):  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"model.init: {config} is not readable UTF-8 JSON") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(
+                f"model.init: {config} holds a JSON {type(cfg).__name__}, not an object"
+            )
+        _check_weights(Path(self.init))
         limit = cfg.get("max_position_embeddings") or cfg.get("n_positions")
         if isinstance(limit, int) and self.context > limit:
             raise ValueError(
@@ -112,12 +179,47 @@ class Model(_Block):
         return self
 
 
+def _check_weights(folder: Path) -> None:
+    """The checkpoint's weights are safetensors and complete: a one-line refusal naming the
+    file, before any stage loads anything (pickles are never loaded, so a folder with only
+    `pytorch_model.bin` cannot be used)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({folder / name for name in weight_map.values()})
+        except (ValueError, OSError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"model.init: {index} is not a safetensors index") from None
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        pickles = sorted(
+            f.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for f in folder.glob(ext)
+        )
+        found = (
+            f"only pickled weights ({', '.join(pickles)}), which are never loaded"
+            if pickles
+            else "no weights"
+        )
+        raise ValueError(
+            f"model.init: {folder} has {found}; it needs model.safetensors "
+            "(save the model with save_pretrained(..., safe_serialization=True))"
+        )
+    for f in files:
+        try:
+            # reads the header and checks that the data it describes is all in the file
+            with safe_open(f, framework="numpy"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"model.init: {f} is not a complete safetensors file ({e})") from None
+
+
 class Lora(_Block):
     enabled: bool
     r: int = PositiveInt
     alpha: float = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
-    target_modules: Literal["auto"] | list[str]
+    target_modules: Literal["auto"] | list[NonEmpty] = Field(union_mode="left_to_right")
 
 
 # torch.compile's modes; reduce-overhead adds CUDA graphs, max-autotune tunes matmul kernels
@@ -159,6 +261,18 @@ class Train(_Block):
         return self
 
     @model_validator(mode="after")
+    def _decay_below_one_per_step(self) -> Train:
+        # AdamW multiplies every weight by (1 - lr * weight_decay) each step: at 1 or more the
+        # weights are zeroed or flip sign, and training ends in non-finite values much later
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"train.weight_decay: {self.weight_decay} with train.lr {self.lr} scales the "
+                f"weights by {1 - self.lr * self.weight_decay:.3g} each step; keep "
+                "lr * weight_decay below 1"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _mode_needs_compile(self) -> Train:
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(
@@ -172,16 +286,25 @@ class Train(_Block):
     def _min_below_max(cls, v: float, info: Any) -> float:
         lr = info.data.get("lr")
         if lr is not None and v > lr:
-            raise ValueError(f"must not exceed train.lr ({lr}), got {v}")
+            raise ValueError(f"must not exceed train.lr ({lr})")
         return v
 
 
 class Evaluate(_Block):
     batch_size: int = PositiveInt
     max_tokens: int = Field(ge=0)  # 0 = the whole split
-    prompts: list[str] = Field(min_length=1)
+    prompts: list[NonEmpty] = Field(min_length=1)
     max_new_tokens: int = PositiveInt
-    temperature: float = Field(ge=0)
+    # 0 is greedy; below 0.01 the scaled logits overflow to inf and sampling fails
+    temperature: float = Field(ge=0, le=100)
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sane(cls, v: float) -> float:
+        if 0 < v < 0.01:
+            raise ValueError("must be 0 (greedy) or at least 0.01")
+        return v
+
     top_k: int = Field(ge=0)
 
 
@@ -193,7 +316,7 @@ class Export(_Block):
 
 
 class Params(_Block):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=MAX_SEED)
     data: Data
     tokenizer: Tokenizer
     model: Model
@@ -201,6 +324,19 @@ class Params(_Block):
     train: Train
     evaluate: Evaluate
     export: Export
+
+    @model_validator(mode="after")
+    def _generation_fits_the_context(self) -> Params:
+        # gpt2's position embeddings end at model.context; generating past it fails, so the
+        # prompt is cut to its last (context - max_new_tokens) tokens, which must leave some
+        gpt2 = self.model.from_scratch and self.model.arch == "gpt2"
+        if gpt2 and self.evaluate.max_new_tokens >= self.model.context:
+            raise ValueError(
+                f"evaluate.max_new_tokens: {self.evaluate.max_new_tokens} leaves no room for "
+                f"the prompt in gpt2's model.context ({self.model.context}); set it below "
+                "model.context"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lora_needs_a_base(self) -> Params:
@@ -225,19 +361,49 @@ class Params(_Block):
         return self
 
 
+# pydantic's names for the members of a union (`literal['auto']`, `list[str]`) and for list
+# items: internals that are not keys of params.yaml
+_NOT_A_KEY = re.compile(r"[\[\]'(]|^\d+$|^(?:str|int|float|bool)$")
+
+
+def _key(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not _NOT_A_KEY.search(str(p)))
+
+
 def _describe(err: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in err["loc"])
+    key = _key(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{key}: unknown key"
     if kind == "missing":
         return f"{key}: missing key"
     msg = err["msg"].removeprefix("Value error, ")
-    if not key or msg.startswith(f"{key}."):  # a check across fields names its keys itself
+    if not key or msg.startswith(f"{key}"):  # a check across fields names its keys itself
         return msg
-    if "input" in err and not isinstance(err["input"], dict | list):
-        msg += f" (got {err['input']!r})"
+    value = err.get("input")
+    if not isinstance(value, dict | list) and not re.search(r"\bgot\b", msg):
+        msg += f" (got {value!r})"
     return f"{key}: {msg}"
+
+
+def _merge(errors: list[dict[str, Any]]) -> list[str]:
+    """One message per key: the members of a union each report the same bad value, which
+    reads best as `expected A or B (got x)`."""
+    by_key: dict[str, list[str]] = {}
+    for err in errors:
+        by_key.setdefault(_key(err["loc"]), []).append(_describe(err))
+    lines = []
+    for key, messages in by_key.items():
+        if len(messages) == 1 or not key:
+            lines.extend(dict.fromkeys(messages))
+            continue
+        got = re.search(r" \(got .*\)$", messages[0])
+        tail = got.group() if got else ""
+        parts = list(dict.fromkeys(m.removeprefix(f"{key}: ").removesuffix(tail) for m in messages))
+        rest = [p.removeprefix("Input should be ") for p in parts[1:]]
+        rest = [p[:1].lower() + p[1:] for p in rest]
+        lines.append(f"{key}: {' or '.join([parts[0], *rest])}{tail}")
+    return lines
 
 
 def parse(raw: Any, origin: str = PARAMS_FILE) -> Params:
@@ -247,7 +413,7 @@ def parse(raw: Any, origin: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise UserError(f"{origin}: " + "; ".join(_describe(x) for x in e.errors())) from None
+        raise UserError(f"{origin}: " + "; ".join(_merge(e.errors()))) from None
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -257,8 +423,27 @@ def load_yaml(path: str | Path) -> Any:
             return yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run from the repository root)") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
+    except _DuplicateKey as e:
+        raise UserError(f"{path}: {e}; YAML keys are unique") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be params") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: what is wrong and where."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem and mark:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
