@@ -1,5 +1,5 @@
-"""What the training benchmarks share: params with or without pydantic, a device, random
-tokens, a callback that timestamps the loop, and a run of the real `codexlm.train.train`."""
+"""What the training benchmarks share: params with or without pydantic, random tokens, a
+callback that timestamps the training loop, and a run of the real `codexlm.train.train`."""
 
 from __future__ import annotations
 
@@ -35,23 +35,21 @@ def load_params(path: Path) -> Any:
     print(f"params: {NO_SCHEMA}; {path} read without validation", file=sys.stderr)
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     blocks = {k: types.SimpleNamespace(**v) for k, v in raw.items() if isinstance(v, dict)}
-    blocks.update(model=override(raw["model"], ModelArgs), train=override(raw["train"]))
+    try:
+        blocks.update(model=override(raw["model"], ModelArgs), train=override(raw["train"]))
+    except KeyError as e:
+        print(f"error: {path}: missing key {e} in the model or train block", file=sys.stderr)
+        sys.exit(2)
     return types.SimpleNamespace(seed=raw["seed"], **blocks)
 
 
 def override(block: Any, proto: type = TrainArgs, **changes: Any) -> types.SimpleNamespace:
-    """A params block (a dict or an object) as an object with exactly the attributes of
-    `proto` (a Protocol the library documents), some changed; floats as floats (plain YAML
-    1.1 reads `3e-4` as a string)."""
-    get = block.get if isinstance(block, dict) else lambda k: getattr(block, k)
+    """A params block (dict or object) as an object with exactly the attributes of `proto` (a
+    Protocol of the library), some changed; floats as floats (YAML 1.1 reads 3e-4 as a str)."""
+    get = block.__getitem__ if isinstance(block, dict) else lambda k: getattr(block, k)
     hints = get_type_hints(proto).items()
     values = {k: float(get(k)) if t is float else get(k) for k, t in hints}
     return types.SimpleNamespace(**{**values, **changes})
-
-
-def pick_device(choice: str) -> torch.device:
-    cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    return torch.device("cuda", 0) if cuda else torch.device("cpu")
 
 
 def random_tokens(vocab: int, n: int, seed: int) -> np.ndarray:
@@ -61,12 +59,11 @@ def random_tokens(vocab: int, n: int, seed: int) -> np.ndarray:
 
 
 class Timeline:
-    """A training-loop callback (codexlm.callbacks): `(hook, step, perf_counter)` of each call.
-    On CUDA the loop queues work without waiting, so the clock is read after a synchronize, at
-    the step ends in `sync_at` only (at every step it would slow the loop down)."""
+    """A training-loop callback: `(hook, step, perf_counter)` of each call; on CUDA, where the
+    loop does not wait for the GPU, after a synchronize at the step ends in `sync_at` only."""
 
     def __init__(self, device: torch.device, sync_at: set[int] = frozenset()) -> None:
-        self.device, self.sync_at, self.start = device, sync_at, None
+        self.device, self.sync_at = device, sync_at
         self.events: list[tuple[str, int, float]] = []
         self.checkpoints: list[dict[str, Any]] = []  # seconds and file sizes of each
 
@@ -77,9 +74,6 @@ class Timeline:
 
     def at(self, hook: str, step: int) -> float:
         return next(t for h, s, t in self.events if (h, s) == (hook, step))
-
-    def on_start(self, info: Any) -> None:
-        self.start = info  # resumed or not, from which step
 
     def on_step_end(self, step: int) -> None:
         self.mark("step", step)
@@ -96,13 +90,7 @@ class Timeline:
         self.checkpoints.append({"seconds": seconds, "files": files})
 
 
-def run_train(
-    model: torch.nn.Module,
-    tokens: tuple[np.ndarray, np.ndarray],
-    cfg: Any,
-    run: Run,
-    callbacks: list[Any],
-) -> dict[str, Any]:
+def run_train(model: torch.nn.Module, tokens: tuple, cfg: Any, run: Run, callbacks: list) -> dict:
     """train() as the train stage calls it (train and val tokens); `run.ckpt_dir` None: a
     temporary folder. Its prints go to stderr: a bench's stdout is its table and JSON line."""
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:

@@ -1,12 +1,9 @@
-"""Data pipeline: prepare and tokenize throughput and peak memory at two corpus sizes.
-
-Streaming means memory stays flat as the corpus grows. Each step runs in its own process and
-calls what its stage calls: prepare (`codexlm.corpus.prepare` with params.yaml's data.*,
-scrubbing off except on the --scrub-mb slice), bpe (`codexlm.tokenizer.tokenize` of no split:
-the tokenizer trained on the stage's sample of the train split), encode (`tokenize` with that
-tokenizer: every split). The corpus: 2-50 KB cuts of the standard library's sources, a few
-identifiers renamed, so no two documents are equal and the vocabulary keeps growing a little.
-"""
+"""Data pipeline: prepare and tokenize throughput and peak memory at two corpus sizes (flat
+memory as the corpus grows: streaming). Each step in its own process calls what its stage
+does: prepare (`codexlm.corpus.prepare`, params.yaml's data.*, scrubbing only on the
+--scrub-mb slice), bpe (`codexlm.tokenizer.tokenize` of no split: the tokenizer, trained on
+the stage's sample), encode (`tokenize` with it: every split). The corpus: 2-50 KB cuts of
+the standard library's sources, a few identifiers renamed (no two equal, a growing vocabulary)."""
 
 from __future__ import annotations
 
@@ -29,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from codexlm.errors import run_stage  # (nothing heavy: the steps import what they need)
+
 REPO = Path(__file__).resolve().parent.parent
 MB = 1e6  # bytes
 IDENT = re.compile(r"\b[a-z][a-z0-9_]{3,}\b")
@@ -38,8 +37,8 @@ SYLLABLES = ("ka", "to", "mi", "re", "su", "no", "vi", "la", "pe", "dor", "bin",
 
 
 def lib(module: str) -> Any:
-    """A codexlm module, imported when a step needs it: a step's process loads only what its
-    stage loads (prepare: no tokenizers or transformers), so its memory is the stage's."""
+    """A codexlm module, imported when needed: a step's process loads only what its stage
+    loads (prepare: no tokenizers or transformers), so its memory is the stage's."""
     return importlib.import_module(f"codexlm.{module}")
 
 
@@ -64,7 +63,7 @@ def write_corpus(path: Path, mb: float, seed: int = 1337) -> float:
 def step(run: dict[str, Any], params: Path) -> dict[str, Any]:
     """One measured step, in this process (started by `measure`)."""
     p, d = lib("params").load(params), Path(run["dir"])
-    cap = int((run["bpe_mb"] or p.tokenizer.max_train_mb) * MB)
+    cap = int(p.tokenizer.max_train_mb * MB)  # BPE's sample of the train split, as the stage
     mod = lib("corpus" if run["step"].startswith("prepare") else "tokenizer")
     base, cpu0 = psutil.Process().memory_info().rss / MB, resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()  # after imports
@@ -86,14 +85,12 @@ def step(run: dict[str, Any], params: Path) -> dict[str, Any]:
         total = json.loads((d / "stats.json").read_text())["bytes"]["train"]
         docs = mod.evenly_spaced(mod.read_texts(d / "train.parquet"), total, cap)
         mb = sum(len(t.encode("utf-8")) for t in docs) / MB
-    return dict(
-        mb=mb, wall_s=wall, cores=cpu / wall, base_mb=base, main_mb=me.ru_maxrss * 1024 / MB
-    )
+    peak = me.ru_maxrss * 1024 / MB  # KiB on Linux
+    return dict(mb=mb, wall_s=wall, cores=cpu / wall, base_mb=base, main_mb=peak)
 
 
 def measure(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Run one step; sample the RSS sum of its process tree (prepare's pool) as it runs."""
-    run["bpe_mb"] = args.bpe_mb
     cmd = [sys.executable, __file__, "--params", str(args.params), "--run", json.dumps(run)]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc, tree = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env), 0.0
@@ -119,7 +116,6 @@ def main() -> None:
     ap.add_argument("--small-mb", type=float, default=100, help="the small corpus, MB of text")
     ap.add_argument("--large-mb", type=float, default=1000, help="the large corpus, MB of text")
     ap.add_argument("--scrub-mb", type=float, default=20, help="prepare + scrub_secrets; 0: skip")
-    ap.add_argument("--bpe-mb", type=float, default=0, help="BPE sample; 0: tokenizer.max_train_mb")
     ap.add_argument("--workdir", type=Path, help="where the corpora go (~3x their size)")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--run", type=json.loads, help=argparse.SUPPRESS)  # one step (a child)
@@ -129,16 +125,13 @@ def main() -> None:
         return
     if not 0 < args.small_mb < args.large_mb:
         ap.error("need 0 < --small-mb < --large-mb")
-    print(f"{os.cpu_count()} cores; MB: 10^6 bytes of text; cores: CPU time / wall; base: RSS")
-    print("after imports; main: the step process's peak RSS; tree: its process tree's (MB)")
+    print(f"{os.cpu_count()} cores; mb: 10^6 bytes of text; cores: CPU time / wall; RSS (MB):")
+    print("base: after imports; main: peak of the step's process; tree: peak of its process tree")
     print(f"{'step':<20}" + "".join(f"{k:>{w}}" for k, w, _ in COLS))
     runs: dict[str, dict[str, Any]] = {}
     tok = ["prepare", "bpe", "encode"]
-    for mb, names in (
-        (args.small_mb, tok),
-        (args.scrub_mb, ["prepare+scrub"]),
-        (args.large_mb, tok),
-    ):
+    plan = [(args.small_mb, tok), (args.scrub_mb, ["prepare+scrub"]), (args.large_mb, tok)]
+    for mb, names in plan:
         with tempfile.TemporaryDirectory(prefix="codexlm-bench-", dir=args.workdir) as d:
             run = dict(dir=d, mb=write_corpus(Path(d) / "corpus.jsonl", mb) if mb else 0)
             for name in names if mb else []:
@@ -152,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)  # a mistake in params or data: one line, exit status 2

@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
-# The prepared GPU run: CUDA checks, then the throughput figures of the README's table.
-#     bash bench/gpu_run.sh     # one CUDA GPU; estimated ~8 minutes on an H200 (not yet run)
-# Needs python3 with torch, transformers, accelerate, pyyaml, psutil (no dvc, dvclive or
-# pydantic). Most important first, each step under its own time limit (the first four fit 10
-# minutes); a failed step does not stop the others. Outputs go to $OUT or /tmp/gpu_run as they
-# come, so a cut run still returns what finished; exit status 1 if any step failed.
+# The prepared GPU run: CUDA checks, then the throughput figures of the README's table (one
+# CUDA GPU; estimated ~8 minutes on an H200, not yet run; python3 with torch, transformers,
+# accelerate, pyyaml, psutil, not dvc/dvclive/pydantic). Most important first, each step under
+# its own time limit, a failed one not stopping the others; outputs go to $OUT (or
+# /tmp/gpu_run) as they come, so a cut run returns what finished. Exit 1 if any step failed.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
-out="${OUT:-/tmp/gpu_run}" failed=0
-mkdir -p "$out"
+out="${OUT:-/tmp/gpu_run}" failed=0 && mkdir -p "$out"
 step() { # name, time limit in seconds, command...
-  local name=$1 limit=$2
-  shift 2
+  local name=$1 limit=$2 && shift 2
   echo "=== $name (limit ${limit} s): $*"
   timeout "$limit" "$@" 2>"$out/$name.err" | tee "$out/$name.out"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "=== $name failed:"; tail -n 8 "$out/$name.err"; failed=1; }

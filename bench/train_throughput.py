@@ -1,10 +1,7 @@
-"""Training throughput: our loop against `transformers.Trainer`, eager and compiled; with
---checkpoints, what a checkpoint costs our loop instead. See bench/README.md.
-
-Same initial weights, random tokens, batch, precision, AdamW (fused where the device has it),
-clipping, schedule and compile mode. Timed: the end of optimizer step --warmup to the end of
-step --warmup + --steps (on CUDA after a device synchronize at both ends).
-"""
+"""Training throughput: our loop against `transformers.Trainer`, eager and compiled, with the
+same initial weights, random tokens, batch, precision, fused AdamW, clipping, schedule and
+compile mode, timed from the end of step --warmup to the end of step --warmup + --steps (on
+CUDA after a synchronize). --checkpoints: what a checkpoint costs our loop instead."""
 
 from __future__ import annotations
 
@@ -21,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import REPO, Timeline, load_params, override, pick_device, random_tokens, run_train
+from common import REPO, Timeline, load_params, override, random_tokens, run_train
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from codexlm.errors import run_stage
 from codexlm.live import LiveLogger
 from codexlm.metrics import mfu
 from codexlm.model import ModelArgs, build_model, count_params
@@ -31,11 +29,9 @@ from codexlm.parallel import Dist
 from codexlm.train import Run, autocast_dtype, device_batches, model_flops_per_token
 
 try:
-    import dvclive  # noqa: F401  (LiveLogger imports it when a run starts)
-
-    HAVE_DVCLIVE = True
+    import dvclive  # LiveLogger imports it when a run starts
 except ImportError:  # the GPU image: logging time is the system metrics' alone
-    HAVE_DVCLIVE = False
+    dvclive = None
 
 PRESETS = {f"{arch}-124m": arch for arch in ("gpt2", "llama")}  # GPT-2 small's size
 VARIANTS = ["ours", "ours_compile", "hf_trainer", "hf_trainer_compile"]
@@ -50,11 +46,10 @@ def time_ours(s: Any, tokens: np.ndarray, val: np.ndarray, compile: bool) -> dic
     cfg = override(s.train, steps=total, eval_every=total, checkpoint_every=total, compile=compile)
     cfg.compile_mode = s.compile_mode if compile else "default"
     with tempfile.TemporaryDirectory() as log_dir:
-        live = [LiveLogger(Path(log_dir))] if HAVE_DVCLIVE else []
-        run = Run(s.seed, ctx, None, "bench", Dist(0, 1, s.device))
-        run_train(build(s), (tokens, val), cfg, run, [*live, clock])
+        live = [LiveLogger(Path(log_dir))] if dvclive else []
+        run_train(build(s), (tokens, val), cfg, s.run, [*live, clock])
     started = time.perf_counter()  # the window's batches, built the loop's way, on their own
-    for _ in device_batches(tokens, s.seed, s.warmup, cfg, ctx, run.dist):
+    for _ in device_batches(tokens, s.seed, s.warmup, cfg, ctx, s.run.dist):
         pass
     return {
         "seconds": clock.at("step", total) - clock.at("step", s.warmup),
@@ -72,37 +67,20 @@ def time_hf(s: Any, tokens: np.ndarray, compile: bool) -> dict[str, float]:
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             clock.on_step_end(state.global_step)
 
-    try:
-        torch.optim.AdamW([torch.zeros(1, device=s.device, requires_grad=True)], fused=True)
-        optim = "adamw_torch_fused"
-    except RuntimeError:
-        optim = "adamw_torch"
     # windows of ctx tokens, labels = inputs (HF shifts): the model runs on (batch, ctx) as ours
     starts = np.random.default_rng([s.seed, 1]).integers(0, len(tokens) - ctx, total * t.batch_size)
     windows = [torch.from_numpy(tokens[i : i + ctx].astype(np.int64)) for i in starts]
+    # ours's optimizer, schedule, precision and compile mode; nothing saved, logged or shown
+    hp = dict(learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta1=t.beta1)
+    hp.update(adam_beta2=t.beta2, max_grad_norm=t.grad_clip, optim="adamw_torch_fused")
+    hp.update(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": t.min_lr})
+    hp.update(warmup_steps=t.warmup_steps, max_steps=total, seed=s.seed)
+    hp.update(bf16=autocast_dtype(t.precision, s.device) == torch.bfloat16, torch_compile=compile)
+    hp.update(torch_compile_mode=s.compile_mode if compile else None)
+    hp.update(use_cpu=s.device.type == "cpu", save_strategy="no", report_to="none")
+    hp.update(logging_strategy="no", disable_tqdm=True)
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as out:
-        args = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=t.batch_size,
-            max_steps=total,
-            learning_rate=t.lr,
-            lr_scheduler_type="cosine_with_min_lr",
-            lr_scheduler_kwargs={"min_lr": t.min_lr},
-            warmup_steps=t.warmup_steps,
-            weight_decay=t.weight_decay,
-            adam_beta1=t.beta1,
-            adam_beta2=t.beta2,
-            max_grad_norm=t.grad_clip,
-            optim=optim,
-            bf16=autocast_dtype(t.precision, s.device) == torch.bfloat16,
-            torch_compile=compile,
-            torch_compile_mode=s.compile_mode if compile else None,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=s.device.type == "cpu",
-            seed=s.seed,
-        )
+        args = TrainingArguments(out, per_device_train_batch_size=t.batch_size, **hp)
         data = [{"input_ids": w, "labels": w} for w in windows]
         trainer = Trainer(model=build(s), args=args, train_dataset=data, callbacks=[Marks()])
         with contextlib.redirect_stdout(sys.stderr):
@@ -140,21 +118,21 @@ def checkpoint_costs(s: argparse.Namespace) -> dict[str, Any]:
     clock = Timeline(s.device, set(range(cfg.steps + 1)))
     need = max(cfg.steps * t.batch_size * cfg.grad_accum * (m.context + 1), 1 << 20)
     tokens = random_tokens(s.vocab, need, 0), random_tokens(s.vocab, 64 * m.context, 1)
-    run = Run(s.seed, m.context, None, "bench", Dist(0, 1, s.device))
-    run_train(build(s), tokens, cfg, run, [clock])
-    ends = {n: t for h, n, t in clock.events if h == "step"}
-    busy = {n for h, n, _ in clock.events if h in ("validate", "checkpoint")}
+    run_train(build(s), tokens, cfg, s.run, [clock])
+    ends = {n: at for hook, n, at in clock.events if hook == "step"}
+    busy = {n for hook, n, _ in clock.events if hook in ("validate", "checkpoint")}
     # a step: from the end of the one before, unless a validation or checkpoint came between
     steps = [ends[n] - ends[n - 1] for n in range(s.warmup + 1, cfg.steps + 1) if n - 1 not in busy]
     step_s = statistics.median(steps)
     ckpt_s = statistics.mean(c["seconds"] for c in clock.checkpoints)
     files = clock.checkpoints[-1]["files"]
     mb = sum(files.values()) / 1e6
-    sizes = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in files.items())
-    print(f"step: {step_s:.4f} s (median of {len(steps)}); checkpoint: {ckpt_s:.3f} s (mean of")
-    print(f"{len(clock.checkpoints)}), {mb:.2f} MB ({sizes}); overhead = checkpoint / (", end="")
-    pct = 100 * ckpt_s / (every * step_s)
-    print(f"{every} steps x step) = {pct:.2f}% of training time")
+    pct, n = 100 * ckpt_s / (every * step_s), len(clock.checkpoints)
+    print(
+        f"step: {step_s:.4f} s (median of {len(steps)}); checkpoint: {ckpt_s:.3f} s (mean of {n})"
+    )
+    print(f"overhead = checkpoint / ({every} steps x step) = {pct:.2f}% of training time")
+    print(f"checkpoint: {mb:.2f} MB: " + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in files.items()))
     summary = dict(checkpoint_s=ckpt_s, step_s=step_s, checkpoint_every=every, checkpoint_mb=mb)
     return {**summary, "overhead_pct": pct, "checkpoints": clock.checkpoints}
 
@@ -178,6 +156,8 @@ def parse_args() -> argparse.Namespace:
     s = ap.parse_args()
     if min(s.warmup, s.rounds) < 1 or min(s.steps, s.batch_size, s.checkpoints or 0) < 0:
         ap.error("--steps, --warmup and --rounds must be >= 1 (warm-up ends with the first mark)")
+    if s.checkpoints is not None and 0 < s.steps <= s.warmup + 1:
+        ap.error("--checkpoints: --steps must exceed --warmup + 1 (no step left to time)")
     wanted = s.variants.split(",") if s.variants else VARIANTS
     wanted = [v for v in wanted if not (s.no_compile and v.endswith("_compile"))]
     if not wanted or set(wanted) - set(VARIANTS):
@@ -185,7 +165,9 @@ def parse_args() -> argparse.Namespace:
     s.names = [v for v in VARIANTS if v in wanted]
     # the model, train settings and sizes: params.yaml's, or a preset's
     s.p = p = load_params(s.params)
-    s.seed, s.device, s.vocab = p.seed, pick_device(s.device), p.tokenizer.vocab_size
+    cuda = s.device == "cuda" or (s.device == "auto" and torch.cuda.is_available())
+    s.seed, s.vocab = p.seed, p.tokenizer.vocab_size
+    s.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     s.train = override(p.train, grad_accum=1, eval_batches=1, resume="never", final="last")
     s.train.strategy, s.compile_mode = "ddp", s.compile_mode or p.train.compile_mode
     s.model = override(p.model, ModelArgs, dropout=0.0)
@@ -194,6 +176,7 @@ def parse_args() -> argparse.Namespace:
         s.model.context, s.vocab, s.train.batch_size, s.train.precision = 1024, 50304, 32, "bf16"
     s.train.batch_size = s.batch_size or s.train.batch_size
     s.train.precision = s.precision or s.train.precision
+    s.run = Run(s.seed, s.model.context, None, "bench", Dist(0, 1, s.device))
     return s
 
 
@@ -212,7 +195,7 @@ def report(s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: 
         if "data_s" in b:
             r["data_overhead_pct"] = 100 * b["data_s"] / b["seconds"]
             r["log_overhead_pct"] = 100 * b["log_s"] / b["seconds"]
-            r["log_includes_dvclive"] = HAVE_DVCLIVE
+            r["log_includes_dvclive"] = dvclive is not None
         pcts = [r["mfu"] and 100 * r["mfu"], r.get("data_overhead_pct"), r.get("log_overhead_pct")]
         pcts = "".join(f"{'-':>8}" if c is None else f"{c:>8.2f}" for c in pcts)
         print(f"{n:<20}{tps:>12,.0f}{r['ms_per_step']:>10.1f}{pcts}")
@@ -248,7 +231,7 @@ def main() -> None:
         f"vocab {s.vocab}, {n_params / 1e6:.1f}M params; batch {t.batch_size}, "
         f"{'bf16 autocast' if bf16 else 'fp32'}; {s.warmup} warm-up + {s.steps} timed steps, "
         f"best of {s.rounds} rounds in alternating order; compile mode {s.compile_mode}; "
-        f"ours logs every {t.log_every} steps ({'DVCLive + ' * HAVE_DVCLIVE}system metrics)"
+        f"ours logs every {t.log_every} steps ({'DVCLive + ' * bool(dvclive)}system metrics)"
     )
     # Rounds alternate the order (the first to run pays for cold caches); each variant keeps
     # its fastest round, as timeit does: noise on a shared machine only slows a run down.
@@ -266,4 +249,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)  # a mistake in params or data: one line, exit status 2

@@ -105,12 +105,12 @@ def test_loss_memory_reports_both_variants() -> None:
 def test_data_pipeline_runs_every_step(tmp_path: Path) -> None:
     write_params(tmp_path, tiny_params("stdlib"))  # val and test 20%: none empty at 1 MB
     cmd = [sys.executable, "bench/data_pipeline.py", "--small-mb", "1", "--large-mb", "2"]
-    cmd += ["--scrub-mb", "0.1", "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--scrub-mb", "0.5", "--params", str(tmp_path / "params.yaml")]
     work = tmp_path / "work"
     work.mkdir()
     summary = json.loads(run([*cmd, "--workdir", str(work)], cwd=ROOT).stdout.splitlines()[-1])
     steps = [f"{s} {mb}" for mb in (1, 2) for s in ("prepare", "bpe", "encode")]
-    assert set(summary["runs"]) == {*steps, "prepare+scrub 0.1"}
+    assert set(summary["runs"]) == {*steps, "prepare+scrub 0.5"}
     assert summary["runs"]["prepare 2"]["mb"] == pytest.approx(2, rel=0.1)
     assert summary["runs"]["encode 2"]["mb"] > summary["runs"]["encode 1"]["mb"]
     assert set(summary["peak_rss_ratio"]) == {"prepare", "bpe", "encode"}
