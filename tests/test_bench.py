@@ -1,6 +1,7 @@
-"""The prepared GPU run's scripts work where the device image has no dvc, dvclive or pydantic.
+"""The benchmarks run: the prepared GPU run's scripts where the device image has no dvc,
+dvclive or pydantic, and the CPU benches at tiny sizes, so none can rot between runs.
 
-They run on the CPU here (a GPU is rarely at hand), so they cannot rot between GPU runs.
+No timing is asserted, only that each bench runs the library and reports its figures.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run
+from conftest import ROOT, run, tiny_params, write_params
 
 BLOCKED = ("dvc", "dvclive", "pydantic")  # what the H200 image lacks
 pytestmark = pytest.mark.slow  # each test starts python with torch and transformers
@@ -77,3 +78,40 @@ def test_throughput_bench_refuses_unknown_variants(image_env: Path, variants: st
     cmd = [sys.executable, "bench/train_throughput.py", "--variants", name, *flags]
     proc = run(cmd, cwd=ROOT, check=False)
     assert proc.returncode == 2 and "--variants: choose among" in proc.stderr
+
+
+def test_checkpoint_overhead_without_pydantic(image_env: Path, tmp_path: Path) -> None:
+    p = tiny_params("stdlib")
+    p["train"].update(eval_every=3)  # a validation between two checkpoints: not a step's time
+    write_params(tmp_path, p)
+    cmd = [sys.executable, "bench/train_throughput.py", "--checkpoints", "2", "--steps", "6"]
+    cmd += ["--warmup", "1", "--device", "cpu", "--params", str(tmp_path / "params.yaml")]
+    summary = json.loads(run(cmd, cwd=ROOT).stdout.splitlines()[-1])
+    assert summary["checkpoint_every"] == 2 and len(summary["checkpoints"]) == 3  # 2, 4, 6
+    files = summary["checkpoints"][-1]["files"]
+    assert "model.safetensors" in files and summary["checkpoint_mb"] > 0
+    assert summary["checkpoint_s"] > 0 and summary["overhead_pct"] > 0
+
+
+def test_loss_memory_reports_both_variants() -> None:
+    cmd = [sys.executable, "bench/loss_memory.py", "--vocab", "512", "--tokens", "256"]
+    proc = run([*cmd, "--context", "64", "--repeats", "1"], cwd=ROOT)
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    full, chunked = summary["variants"]["full"], summary["variants"]["chunked"]
+    assert full["loss"] == pytest.approx(chunked["loss"], rel=1e-5)  # the same loss, two ways
+    assert full["added_peak_mb"] > 0 and chunked["added_peak_mb"] > 0
+
+
+def test_data_pipeline_runs_every_step(tmp_path: Path) -> None:
+    write_params(tmp_path, tiny_params("stdlib"))  # val and test 20%: none empty at 1 MB
+    cmd = [sys.executable, "bench/data_pipeline.py", "--small-mb", "1", "--large-mb", "2"]
+    cmd += ["--scrub-mb", "0.5", "--params", str(tmp_path / "params.yaml")]
+    work = tmp_path / "work"
+    work.mkdir()
+    summary = json.loads(run([*cmd, "--workdir", str(work)], cwd=ROOT).stdout.splitlines()[-1])
+    steps = [f"{s} {mb}" for mb in (1, 2) for s in ("prepare", "bpe", "encode")]
+    assert set(summary["runs"]) == {*steps, "prepare+scrub 0.5"}
+    assert summary["runs"]["prepare 2"]["mb"] == pytest.approx(2, rel=0.1)
+    assert summary["runs"]["encode 2"]["mb"] > summary["runs"]["encode 1"]["mb"]
+    assert set(summary["peak_rss_ratio"]) == {"prepare", "bpe", "encode"}
+    assert list(work.iterdir()) == []  # the corpora are deleted

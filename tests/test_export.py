@@ -16,8 +16,10 @@ import pytest
 import torch
 from conftest import run
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from codexlm import export as export_mod
 from codexlm.gguf_export import TOLERANCE, load_gguf
 from codexlm.model import load_trained
 from codexlm.tokenizer import EOT, PORTABLE_CONFIG
@@ -182,3 +184,24 @@ def test_transformers_4_reads_the_tokenizer_as_5_does(
     assert old["decoded"] == SNIPPETS  # lossless in 4.x too, quoted special tokens included
     assert old["keys"] == ["attention_mask", "input_ids"]  # no token_type_ids for generate
     assert old["padded"] == tok(SNIPPETS[:3], padding=True)["input_ids"]
+
+
+def test_parity_check_fails_on_a_tampered_export(built: Path, tmp_path: Path, monkeypatch) -> None:
+    """The export stage's reload check is not vacuous: weights changed on disk after they
+    were written (here, before the reload reads them) fail it, and nothing is left behind."""
+    real_reload = export_mod._reload
+
+    def reload_tampered(path: Path, adapter_base: str | None) -> torch.nn.Module:
+        weights = load_file(path / "model.safetensors")
+        name = sorted(weights)[0]
+        weights[name] = weights[name] + 1e-2
+        save_file(weights, path / "model.safetensors")
+        return real_reload(path, adapter_base)
+
+    monkeypatch.setattr(export_mod, "_reload", reload_tampered)
+    out = tmp_path / "export"
+    with pytest.raises(export_mod.ParityError, match="differ from the trained model's"):
+        export_mod.export(
+            built / "models/trained", out, None, True, 32, 0, 1e-4, ModelCard("---\n---\n")
+        )
+    assert not out.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
-from conftest import default_params, model_args
+from conftest import default_params, fake_checkpoint, model_args
 from transformers import AutoTokenizer
 
 from codexlm import params
@@ -118,8 +118,8 @@ def test_gguf_param_is_validated(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"export\.gguf: Input should be 'none', 'f32'"):
         params.parse(p)
     p = default_params()
-    (tmp_path / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 512}')
-    p["model"]["init"] = str(tmp_path)
+    init = fake_checkpoint(tmp_path / "base", max_position_embeddings=512)
+    p["model"]["init"] = str(init)
     p["lora"]["enabled"] = True
     p["export"]["merge_lora"] = False
     with pytest.raises(UserError, match=r"export\.gguf: an adapter export"):

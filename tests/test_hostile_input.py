@@ -26,7 +26,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import ROOT, VENV_BIN, copy_repo, default_params, fake_checkpoint, run, tiny_params
+from conftest import (
+    ROOT,
+    VENV_BIN,
+    copy_repo,
+    default_params,
+    fake_checkpoint,
+    model_args,
+    run,
+    tiny_params,
+)
 
 from codexlm.errors import restore_hint
 from codexlm.evaluate import sample
@@ -41,6 +50,7 @@ def stage(cwd: Path, name: str, params_text: str) -> tuple[int, str]:
     cwd.mkdir(parents=True, exist_ok=True)
     if not (cwd / "stages").exists():
         shutil.copytree(ROOT / "stages", cwd / "stages")
+        shutil.copy(ROOT / "versions.yaml", cwd)  # what every stage checks
     (cwd / "params.yaml").write_bytes(
         params_text.encode("utf-8", "surrogateescape")
         if isinstance(params_text, str)
@@ -222,6 +232,7 @@ def _folder(root: Path, n: int = 30) -> Path:
 
 def _prepare(cwd: Path, source: Path, **data: object) -> subprocess.CompletedProcess:
     shutil.copytree(ROOT / "stages", cwd / "stages")
+    shutil.copy(ROOT / "versions.yaml", cwd)  # what every stage checks
     p = tiny_params(str(source))
     p["data"].update(data)
     (cwd / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -338,7 +349,8 @@ def test_generation_keeps_within_gpt2_positions() -> None:
     """A prompt plus max_new_tokens beyond gpt2's positions: the prompt keeps its last tokens
     (IndexError before); more new tokens than positions is a one-line user error."""
     tok = train_bpe([f"def f_{i}(x): return x + {i}\n" for i in range(50)], 300, 1)
-    model = build_model("gpt2", 1, 2, 32, 16, len(tok), 0.0, tok.eos_token_id, 0, 0)
+    cfg = model_args(arch="gpt2", n_layer=1, n_head=2, d_model=32, context=16)
+    model = build_model(cfg, len(tok), tok.eos_token_id, 0, 0)
     prompt = "def f_1(x): return x + 1\n" * 10  # far more than 16 tokens
     [out] = sample(model, tok, [prompt], 8, 0.0, 0, 0, torch.device("cpu"))
     assert isinstance(out, str)
@@ -381,7 +393,8 @@ def test_failed_stage_says_how_to_restore_what_dvc_removed(prepared_repo: Path) 
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("train", "dvc removed models/trained before running stage 'train'"),  # not checkpoints
+        # not models/checkpoints, which is no DVC output
+        ("train", "dvc removed models/trained, reports/train before running stage 'train'"),
         ("tokenize", "dvc removed data/tokens, models/tokenizer before"),
         ("evaluate", None),  # cache: false, so there is nothing to check out
         ("export", "`dvc checkout export` restores"),

@@ -339,6 +339,66 @@ def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bo
 # ---------------------------------------------------------------- the stage
 
 
+class _SplitFiles:
+    """One parquet file per split, written under temporary names in batches of 512 rows and
+    renamed into place only by `commit`, so a failed prepare leaves nothing behind."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
+        self.writers = {
+            s: pq.ParquetWriter(self.tmp[s], SCHEMA, compression="zstd") for s in SPLITS
+        }
+        self.buffers: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+
+    def add(self, split: str, name: str, text: str) -> None:
+        self.buffers[split].append((name, text))
+        if len(self.buffers[split]) >= 512:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        if self.buffers[split]:
+            names, texts = zip(*self.buffers[split], strict=True)
+            table = pa.table({"name": names, "text": texts}, schema=SCHEMA)
+            self.writers[split].write_table(table)
+            self.buffers[split].clear()
+
+    def close(self) -> None:
+        for s in SPLITS:
+            self._flush(s)
+            self.writers[s].close()
+
+    def discard(self) -> None:
+        for w in self.writers.values():
+            w.close()
+        for t in self.tmp.values():
+            t.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        for s in SPLITS:
+            os.replace(self.tmp[s], self.out_dir / f"{s}.parquet")
+
+
+def _keep(results: Iterator, stats: Stats, val: float, test: float, files: _SplitFiles) -> None:
+    """Count the drops, skip exact duplicates, and send each kept document to its split."""
+    seen: set[bytes] = set()
+    for name, text, reason, found in tqdm(results, desc="prepare", unit="doc"):
+        if reason:
+            stats.dropped[reason.split(":")[0]] += 1
+            continue
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if digest in seen:
+            stats.dropped["duplicate"] += 1
+            continue
+        seen.add(digest)
+        stats.secrets.update(found)
+        split = split_of(text, val, test)
+        stats.documents[split] += 1
+        stats.bytes[split] += len(text.encode("utf-8"))
+        files.add(split, name, text)
+
+
 def prepare(
     source: str,
     include: list[str],
@@ -360,64 +420,27 @@ def prepare(
     # the source's own checks (it exists, its text column does) fail on the first document:
     # read it before anything is written or shown
     docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
-    writers = {s: pq.ParquetWriter(tmp[s], SCHEMA, compression="zstd") for s in SPLITS}
-    buffers: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
-    stats = Stats()
-    seen: set[bytes] = set()
-
-    def flush(split: str) -> None:
-        if buffers[split]:
-            names, texts = zip(*buffers[split], strict=True)
-            writers[split].write_table(pa.table({"name": names, "text": texts}, schema=SCHEMA))
-            buffers[split].clear()
-
-    workers = workers or min(os.cpu_count() or 1, 8)
+    files, stats = _SplitFiles(out_dir), Stats()
     jobs = ((raw, min_chars, max_chars, scrub_secrets) for raw in docs)
     try:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
             # map() keeps the source order, so the output does not depend on scheduling
-            results = _clean_all(pool, jobs)
-            for name, text, reason, found in tqdm(results, desc="prepare", unit="doc"):
-                if reason:
-                    stats.dropped[reason.split(":")[0]] += 1
-                    continue
-                digest = hashlib.sha256(text.encode("utf-8")).digest()
-                if digest in seen:
-                    stats.dropped["duplicate"] += 1
-                    continue
-                seen.add(digest)
-                stats.secrets.update(found)
-                split = split_of(text, val_fraction, test_fraction)
-                stats.documents[split] += 1
-                stats.bytes[split] += len(text.encode("utf-8"))
-                buffers[split].append((name, text))
-                if len(buffers[split]) >= 512:
-                    flush(split)
-        for s in SPLITS:
-            flush(s)
+            _keep(_clean_all(pool, jobs), stats, val_fraction, test_fraction, files)
+        files.close()
     except BaseException:
         # a source that fails part way (unreadable table, missing column) leaves nothing behind
-        for w in writers.values():
-            w.close()
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
+        files.discard()
         raise
-    for w in writers.values():
-        w.close()
     empty = [s for s in SPLITS if stats.documents[s] == 0]
     if empty:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
+        files.discard()
         kept = sum(stats.documents.values())
         raise UserError(
             f"data.source: {source!r} gave {kept} usable documents (dropped: "
             f"{dict(stats.dropped) or 'none'}), leaving the {'/'.join(empty)} split empty; "
             f"add documents or adjust {_knobs(stats.dropped)}"
         )
-    for s in SPLITS:
-        os.replace(tmp[s], out_dir / f"{s}.parquet")
+    files.commit()
     result = stats.as_dict()
     if source_identity is not None:
         result["source"] = source_identity

@@ -6,7 +6,7 @@ brings torch's ONNX exporter and onnxruntime (see README, "ONNX"):
 
     python3 -m venv /tmp/onnx-venv
     /tmp/onnx-venv/bin/pip install torch==2.13.0 'optimum-onnx[onnxruntime]==0.1.0'
-    /tmp/onnx-venv/bin/python bench/onnx_check.py models/export /tmp/codexlm-onnx
+    /tmp/onnx-venv/bin/python tools/onnx_check.py models/export /tmp/codexlm-onnx
 
 Prints the export command's exit status, the files it wrote, a pipeline completion, the
 max |logit difference| between ONNX Runtime and transformers over a few prompts, whether

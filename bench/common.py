@@ -1,0 +1,99 @@
+"""What the training benchmarks share: params with or without pydantic, random tokens, a
+callback that timestamps the training loop, and a run of the real `codexlm.train.train`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import numpy as np
+import torch
+import yaml
+
+from codexlm.model import ModelArgs
+from codexlm.train import Run, TrainArgs, train
+
+try:
+    from codexlm import params as schema
+except ImportError as e:  # the GPU image has no pydantic: see load_params
+    schema, NO_SCHEMA = None, e
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_params(path: Path) -> Any:
+    """params.yaml validated by `codexlm.params`; where pydantic is missing, its blocks as
+    objects of the shapes train() and build_model() document (`TrainArgs`, `ModelArgs`)."""
+    if schema is not None:
+        return schema.load(path)
+    print(f"params: {NO_SCHEMA}; {path} read without validation", file=sys.stderr)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    blocks = {k: types.SimpleNamespace(**v) for k, v in raw.items() if isinstance(v, dict)}
+    try:
+        blocks.update(model=override(raw["model"], ModelArgs), train=override(raw["train"]))
+    except KeyError as e:
+        print(f"error: {path}: missing key {e} in the model or train block", file=sys.stderr)
+        sys.exit(2)
+    return types.SimpleNamespace(seed=raw["seed"], **blocks)
+
+
+def override(block: Any, proto: type = TrainArgs, **changes: Any) -> types.SimpleNamespace:
+    """A params block (dict or object) as an object with exactly the attributes of `proto` (a
+    Protocol of the library), some changed; floats as floats (YAML 1.1 reads 3e-4 as a str)."""
+    get = block.__getitem__ if isinstance(block, dict) else lambda k: getattr(block, k)
+    hints = get_type_hints(proto).items()
+    values = {k: float(get(k)) if t is float else get(k) for k, t in hints}
+    return types.SimpleNamespace(**{**values, **changes})
+
+
+def random_tokens(vocab: int, n: int, seed: int) -> np.ndarray:
+    """Throughput and checkpoint costs do not depend on what the tokens say."""
+    dtype = np.uint16 if vocab <= 2**16 else np.uint32
+    return np.random.default_rng(seed).integers(0, vocab, size=n, dtype=dtype)
+
+
+class Timeline:
+    """A training-loop callback: `(hook, step, perf_counter)` of each call; on CUDA, where the
+    loop does not wait for the GPU, after a synchronize at the step ends in `sync_at` only."""
+
+    def __init__(self, device: torch.device, sync_at: set[int] = frozenset()) -> None:
+        self.device, self.sync_at = device, sync_at
+        self.events: list[tuple[str, int, float]] = []
+        self.checkpoints: list[dict[str, Any]] = []  # seconds and file sizes of each
+
+    def mark(self, hook: str, step: int) -> None:
+        if self.device.type == "cuda" and hook == "step" and step in self.sync_at:
+            torch.cuda.synchronize(self.device)
+        self.events.append((hook, step, time.perf_counter()))
+
+    def at(self, hook: str, step: int) -> float:
+        return next(t for h, s, t in self.events if (h, s) == (hook, step))
+
+    def on_step_end(self, step: int) -> None:
+        self.mark("step", step)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.mark("log", step)
+
+    def on_validate(self, step: int, loss: float) -> None:
+        self.mark("validate", step)
+
+    def on_checkpoint(self, step: int, path: Path | None, seconds: float) -> None:
+        self.mark("checkpoint", step)
+        files = {f.name: f.stat().st_size for f in sorted(path.iterdir())} if path else {}
+        self.checkpoints.append({"seconds": seconds, "files": files})
+
+
+def run_train(model: torch.nn.Module, tokens: tuple, cfg: Any, run: Run, callbacks: list) -> dict:
+    """train() as the train stage calls it (train and val tokens); `run.ckpt_dir` None: a
+    temporary folder. Its prints go to stderr: a bench's stdout is its table and JSON line."""
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        run = dataclasses.replace(run, ckpt_dir=run.ckpt_dir or Path(tmp))
+        with contextlib.redirect_stdout(sys.stderr):
+            return train(model, *tokens, cfg, run, callbacks)
