@@ -62,13 +62,15 @@ def differences(committed: dict[str, Any], produced: dict[str, Any]) -> list[str
     ]
 
 
+# dvc, and the `python` its stages run, from this environment
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run_clean(repo: Path, rev: str, work: Path) -> Path:
     clone = work / "clone"
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", rev], check=True)
-    bin_dir = Path(sys.executable).parent  # dvc runs `python stages/...`: this environment's
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(["dvc", "repro", "--no-run-cache"], cwd=clone, env=env, check=True)
+    subprocess.run(["dvc", "repro", "--no-run-cache"], cwd=clone, env=ENV, check=True)
     return clone
 
 
@@ -78,7 +80,7 @@ def update(repo: Path, clone: Path) -> None:
     shutil.copy2(clone / "dvc.lock", repo / "dvc.lock")
     shutil.rmtree(repo / "reports", ignore_errors=True)
     shutil.copytree(clone / "reports", repo / "reports")
-    subprocess.run(["dvc", "checkout", "--force"], cwd=repo, check=True)
+    subprocess.run(["dvc", "checkout", "--force"], cwd=repo, env=ENV, check=True)
 
 
 def main() -> int:
