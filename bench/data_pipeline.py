@@ -102,7 +102,7 @@ def measure(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 with contextlib.suppress(psutil.Error):
                     rss += q.memory_info().rss
         tree = max(tree, rss / MB)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the RSS sampling period (the step runs for seconds to minutes)
     out = proc.communicate()[0]
     if proc.returncode:
         sys.exit(f"step {run['step']}: exited {proc.returncode} (its stderr is above)")

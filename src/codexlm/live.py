@@ -1,8 +1,7 @@
 """DVCLive folders that resume without duplicated or missing steps.
 
-dvclive is imported when a folder is opened, not with this module: the training loop imports
-this module, and must run where dvclive is not installed when nothing is logged (the GPU
-benchmark image).
+dvclive is imported when a folder is opened, not with this module: the throughput bench
+imports this module on the GPU image, which has no dvclive, and logs nothing there.
 """
 
 from __future__ import annotations

@@ -424,15 +424,17 @@ def device_name(d: Dist) -> str:
     return torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
 
 
-def announce(ckpt: checkpoint.Checkpoint | None, loop: LoopState, cfg: TrainArgs, d: Dist) -> None:
+def announce(
+    ckpt: checkpoint.Checkpoint | None, loop: LoopState, mode: str, steps: int, d: Dist
+) -> None:
     if not d.main:
         return
     if ckpt is not None:
-        print(f"train: resuming from {ckpt.path} (step {loop.step} of {cfg.steps})")
+        print(f"train: resuming from {ckpt.path} (step {loop.step} of {steps})")
     else:
-        print(f"train: starting from step 0 of {cfg.steps}")
+        print(f"train: starting from step 0 of {steps}")
     if d.world > 1:
-        print(f"train: {d.world} processes, {'fsdp' if cfg.strategy == 'fsdp' else 'ddp'}")
+        print(f"train: {d.world} processes, {mode}")
 
 
 def start_info(parts: Parts, loop: LoopState, cfg: TrainArgs, resumed: bool) -> Start:
@@ -482,7 +484,7 @@ def train(
     ckpt = checkpointer.restore(policy, parts.raw, parts.opt, parts.mode, d)
     if ckpt is not None:
         loop.load_state_dict(ckpt.state["loop"])
-    announce(ckpt, loop, cfg, d)
+    announce(ckpt, loop, parts.mode, cfg.steps, d)
     wrap(parts, cfg, d)
     reporters = callbacks if d.main else ()
     emit(reporters, "on_start", start_info(parts, loop, cfg, ckpt is not None))
