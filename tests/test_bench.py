@@ -115,3 +115,26 @@ def test_data_pipeline_runs_every_step(tmp_path: Path) -> None:
     assert summary["runs"]["encode 2"]["mb"] > summary["runs"]["encode 1"]["mb"]
     assert set(summary["peak_rss_ratio"]) == {"prepare", "bpe", "encode"}
     assert list(work.iterdir()) == []  # the corpora are deleted
+
+
+def test_speedrun_compares_candidates_on_both_budgets(built: Path) -> None:
+    """At 2% of its budget (10 steps), uncompiled, on the tiny pipeline's data: every
+    candidate trains for both budgets, one of them with a vocabulary of its own."""
+    cmd = [sys.executable, "bench/speedrun.py", "--candidates", "muon", "--scale", "0.02"]
+    cmd += ["--common", "train.compile=false", "--common", "model.context=32"]
+    cmd += ["--common", "train.warmup_steps=2", "--eval-every", "5"]
+    cmd += ["--set", "small-vocab:tokenizer.vocab_size=280", "--set", "small-vocab:train.lr=1e-2"]
+    for flag, path in (("--tokens", "data/tokens"), ("--prepared", "data/prepared")):
+        cmd += [flag, str(built / path)]
+    cmd += ["--tokenizer", str(built / "models/tokenizer"), "--params", str(built / "params.yaml")]
+    summary = json.loads(run(cmd, cwd=ROOT).stdout.splitlines()[-1])
+    rows = {(r["lever"], r["budget"]): r for r in summary["results"]}
+    names = ("baseline", "muon", "small-vocab")
+    assert set(rows) == {(n, b) for n in names for b in ("tokens", "time")}
+    base = rows["baseline", "tokens"]
+    assert summary["target_val_bpb"] == base["val_bpb"] and base["ratio"] == 1.0
+    assert rows["small-vocab", "tokens"]["changes"]["tokenizer.vocab_size"] == 280
+    for r in rows.values():
+        assert r["test_bpb"] > 0 and r["xz_bpb"] > 0 and r["train_s"] > 0
+        assert r["tokens"] == r["steps"] * 32 * 32
+    assert rows["muon", "tokens"]["val_bpb"] != base["val_bpb"]  # the lever took effect

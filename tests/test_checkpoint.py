@@ -4,7 +4,6 @@ resumed run ends bit-identical to the uninterrupted one."""
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import os
 import shutil
@@ -124,6 +123,25 @@ def test_resume_is_exact(tmp_path, tokens, reference, monkeypatch, crash_step) -
     assert logged_steps(tmp_path / "log", "train/loss") == list(range(1, STEPS + 1))
     # validation runs at eval_every and at every checkpoint (its loss picks the best one)
     assert logged_steps(tmp_path / "log", "val/loss") == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_exact_with_either_optimizer(tmp_path, tokens, monkeypatch, optimizer) -> None:
+    """Muon's momentum buffers and AdamW's moments (the non-matrix half) both come back."""
+    ref, _ = run_train(tmp_path / "ref", tokens, optimizer=optimizer)
+    other, _ = run_train(
+        tmp_path / "other", tokens, optimizer={"adamw": "muon"}.get(optimizer, "adamw")
+    )
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(weights(ref).values(), weights(other).values(), strict=True)
+    )
+    crash_at(monkeypatch, 5)  # after the step-4 checkpoint
+    with pytest.raises(Crash):
+        run_train(tmp_path, tokens, optimizer=optimizer)
+    monkeypatch.undo()
+    model, _ = run_train(tmp_path, tokens, optimizer=optimizer)
+    assert_identical(weights(model), weights(ref))
 
 
 def test_log_comes_back_from_the_checkpoint(tmp_path, tokens, reference, monkeypatch) -> None:
@@ -331,10 +349,11 @@ class Snapshots:
         self.after[step] = weights(self.model)
 
 
-def test_a_non_finite_step_leaves_the_weights_bit_identical(tmp_path, tokens) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_non_finite_step_leaves_the_weights_bit_identical(tmp_path, tokens, optimizer) -> None:
     model = new_model()
     snapshots = Snapshots(model)
-    cfg = train_args(**{**TRAIN, "log_every": 1})
+    cfg = train_args(**{**TRAIN, "log_every": 1, "optimizer": optimizer})
     run = train_mod.Run(seed=0, context=CONTEXT, ckpt_dir=tmp_path / "ckpt", fingerprint="fp")
     with pytest.MonkeyPatch.context() as mp:
         stop_at(mp, -1, nan_steps={4, 5})  # steps 5 and 6 (1-based) have a NaN loss
@@ -414,16 +433,3 @@ def test_verify_rejects_an_incomplete_manifest_and_an_unreadable_state(tmp_path)
     assert checkpoint.remove_stale(tmp_path, {"params": "p", "code": "c", "packages": "k"}) == []
     with pytest.warns(UserWarning, match=r"state\.json: unreadable"):
         assert checkpoint.find_resumable(tmp_path) is None
-
-
-def test_lr_schedule_warms_up_then_decays_to_min_lr_at_the_last_step() -> None:
-    lr, min_lr, warmup, total = 3e-3, 3e-4, 40, 500
-    sched = [train_mod.lr_at(s, lr, min_lr, warmup, total) for s in range(total)]
-    assert sched[0] == lr / warmup and sched[warmup - 1] == lr  # linear warmup
-    assert sched[warmup] == lr  # the cosine starts at the peak...
-    assert sched[-1] == min_lr  # ...and ends exactly at min_lr on the last step
-    decay = sched[warmup:]
-    assert all(a >= b for a, b in itertools.pairwise(decay))
-    mid = warmup + (total - 1 - warmup) // 2
-    assert sched[mid] == pytest.approx((lr + min_lr) / 2, rel=1e-2)
-    assert train_mod.lr_at(0, lr, min_lr, 0, 1) == min_lr  # one step: it is the last

@@ -25,7 +25,8 @@ tokens = rng.integers(0, 512, size=200_000).astype(np.uint16)
 model_cfg = SimpleNamespace(arch="llama", n_layer=2, n_head=4, d_model=64, context=64, dropout=0.0)
 model = build_model(model_cfg, 512, 0, 0, seed=0)
 cfg = SimpleNamespace(
-    steps=6, batch_size=16, grad_accum=1, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+    steps=6, batch_size=16, grad_accum=1, optimizer=sys.argv[2], lr=3e-3, min_lr=3e-4,
+    schedule="cosine", warmup_steps=2, decay_fraction=0.2,
     weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="fp32",
     compile=sys.argv[1] == "compile", compile_mode="default", eval_every=6, eval_batches=1,
     log_every=3, checkpoint_every=6, keep_checkpoints=1, resume="never", final="last",
@@ -39,8 +40,10 @@ print(digest.hexdigest())
 """
 
 
-@pytest.mark.parametrize("mode", ["eager", "compile"])
-def test_two_processes_train_identical_weights(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "optimizer"), [("eager", "adamw"), ("compile", "adamw"), ("compile", "muon")]
+)
+def test_two_processes_train_identical_weights(tmp_path: Path, mode: str, optimizer: str) -> None:
     """With two CPU threads, as a real run has (the suite itself runs single-threaded):
     compiled kernels once summed the embedding's gradient with atomic adds across threads,
     so the last bits of the weights changed from run to run."""
@@ -50,7 +53,7 @@ def test_two_processes_train_identical_weights(tmp_path: Path, mode: str) -> Non
     digests = []
     for _ in range(2):
         proc = subprocess.run(
-            [sys.executable, str(script), mode], env=env, capture_output=True, text=True
+            [sys.executable, str(script), mode, optimizer], env=env, capture_output=True, text=True
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         digests.append(proc.stdout.split()[-1])

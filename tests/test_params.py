@@ -207,6 +207,7 @@ def test_lora_needs_a_pretrained_model(tmp_path: Path) -> None:
 
 def test_fsdp_needs_several_processes() -> None:
     raw = with_value("train.strategy", "fsdp")
+    raw["train"]["optimizer"] = "adamw"
     msg = error_of(raw)
     assert msg.startswith("params.yaml: train.strategy: ") and "train.nproc >= 2" in msg
     raw["train"]["nproc"] = 2
@@ -217,9 +218,30 @@ def test_fsdp_with_lora_is_refused(tmp_path: Path) -> None:
     base = fake_checkpoint(tmp_path / "base", max_position_embeddings=512)
     raw = with_value("lora.enabled", True)
     raw["model"]["init"] = str(base)
-    raw["train"].update(strategy="fsdp", nproc=2)
+    raw["train"].update(strategy="fsdp", nproc=2, optimizer="adamw")
     msg = error_of(raw)
     assert "train.strategy" in msg and "lora.enabled" in msg and "ddp" in msg
+
+
+def test_muon_is_refused_with_fsdp_and_with_lora(tmp_path: Path) -> None:
+    raw = with_value("train.optimizer", "muon")
+    raw["train"].update(strategy="fsdp", nproc=2)
+    msg = error_of(raw)
+    assert "train.optimizer: muon" in msg and "FSDP shards" in msg
+    raw["train"]["strategy"] = "ddp"
+    assert params.parse(raw).train.optimizer == "muon"
+    raw["lora"]["enabled"] = True
+    raw["model"]["init"] = str(fake_checkpoint(tmp_path / "base", max_position_embeddings=512))
+    msg = error_of(raw)
+    assert "train.optimizer: muon" in msg and "lora.enabled" in msg and "adamw" in msg
+    raw["train"]["optimizer"] = "adamw"
+    assert params.parse(raw).lora.enabled
+
+
+def test_schedule_and_optimizer_are_checked() -> None:
+    assert "train.optimizer" in error_of(with_value("train.optimizer", "sgd"))
+    assert "train.schedule" in error_of(with_value("train.schedule", "linear"))
+    assert "train.decay_fraction" in error_of(with_value("train.decay_fraction", 0))
 
 
 def test_compile_mode_needs_compile() -> None:

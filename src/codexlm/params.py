@@ -230,9 +230,12 @@ class Train(_Block):
     steps: int = PositiveInt
     batch_size: int = PositiveInt
     grad_accum: int = PositiveInt
+    optimizer: Literal["adamw", "muon"]
     lr: float = Field(gt=0, le=1)
     min_lr: float = Field(ge=0, le=1)
+    schedule: Literal["cosine", "wsd"]
     warmup_steps: int = Field(ge=0)
+    decay_fraction: float = Field(gt=0, le=1)  # wsd: the share of the steps that decay
     weight_decay: float = Field(ge=0)
     beta1: float = Field(ge=0, lt=1)
     beta2: float = Field(ge=0, lt=1)
@@ -257,6 +260,16 @@ class Train(_Block):
             raise ValueError(
                 "train.strategy: fsdp shards the model over processes; set train.nproc >= 2 "
                 f"(got {self.nproc})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _muon_needs_whole_matrices(self) -> Train:
+        # Muon orthogonalises each whole weight matrix; under FSDP a rank holds a shard of it
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ValueError(
+                "train.optimizer: muon orthogonalises whole matrices, which FSDP shards over "
+                "processes; use train.strategy: ddp or train.optimizer: adamw"
             )
         return self
 
@@ -343,6 +356,11 @@ class Params(_Block):
         if self.lora.enabled and self.model.from_scratch:
             raise ValueError(
                 "lora.enabled: LoRA adapts a pretrained model; set model.init to its folder"
+            )
+        if self.lora.enabled and self.train.optimizer == "muon":
+            raise ValueError(
+                "train.optimizer: muon is for full hidden matrices, and LoRA trains low-rank "
+                "adapters (lora.enabled: true), where it is untested; use train.optimizer: adamw"
             )
         if self.lora.enabled and self.train.strategy == "fsdp":
             raise ValueError(

@@ -1,11 +1,12 @@
-"""The training loop: AdamW, warmup + cosine, accumulation, clipping, autocast, compile, DDP.
+"""The training loop: accumulation, clipping, autocast, compile, DDP/FSDP, checkpoints.
 
 Read `train()` first: it sets up (optimizer, restore, compile and wrap), then runs each step
 as `train_step` -> `log` -> `validate` -> `checkpointer.maybe_save`, with the loop's counters
 in one `LoopState`, which is what a checkpoint stores besides weights, optimizer and RNG.
 There is no host-device sync inside a step except at log intervals: losses, gradient norms
 and non-finite counts accumulate on the device, and a step with a non-finite gradient is
-skipped by fused AdamW's `found_inf` without the host having to look at it. What the loop
+skipped by fused AdamW's `found_inf` without the host having to look at it (Muon has to
+look: `codexlm.optim`). What the loop
 reports goes to callbacks (`codexlm.callbacks`): DVCLive and a progress bar in the train
 stage, timers in the benchmarks.
 """
@@ -13,7 +14,6 @@ stage, timers in the benchmarks.
 from __future__ import annotations
 
 import itertools
-import math
 import random
 import signal
 import time
@@ -34,6 +34,7 @@ from codexlm.data import eval_batches, train_batch
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
+from codexlm.optim import MuonAdamW, build_optimizer, lr_at, state_bytes
 from codexlm.parallel import Dist, weights_finite
 
 
@@ -44,9 +45,12 @@ class TrainArgs(Protocol):
     steps: int
     batch_size: int
     grad_accum: int
+    optimizer: str
     lr: float
     min_lr: float
+    schedule: str
     warmup_steps: int
+    decay_fraction: float
     weight_decay: float
     beta1: float
     beta2: float
@@ -88,32 +92,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
-
-
-def build_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-) -> torch.optim.AdamW:
-    """AdamW; biases, norms and other 1-D parameters get no weight decay.
-
-    Fused: one kernel for all parameters, and it honours `found_inf` (skip a step) on the
-    device, which is how non-finite steps are skipped without a sync.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=True)
-
-
-def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """Linear warmup to lr over steps 0..warmup-1, then cosine decay from lr at step `warmup`
-    to exactly min_lr at the last step (total - 1)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    span = total - 1 - warmup
-    progress = 1.0 if span <= 0 else min((step - warmup) / span, 1.0)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
@@ -289,7 +267,7 @@ class Parts:
     raw: torch.nn.Module  # as built: the names checkpoints store
     fwd: torch.nn.Module  # the loss module that trains: sharded, compiled and/or DDP-wrapped
     evaluator: torch.nn.Module  # the loss module that validates
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | MuonAdamW
     params: list[torch.nn.Parameter]  # the trainable ones
     mode: str  # ddp | fsdp (one process: ddp, a plain model)
     amp: torch.dtype | None
@@ -307,7 +285,7 @@ def setup(model: torch.nn.Module, cfg: TrainArgs, d: Dist) -> Parts:
     fwd: torch.nn.Module = CausalLMLoss(raw)
     if mode == "fsdp":  # sharding turns parameters into DTensors: before the optimizer sees them
         parallel.shard(fwd, raw, cfg.compile, cfg.compile_mode)
-    opt = build_optimizer(raw, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    opt = build_optimizer(raw, cfg)
     params = [p for p in raw.parameters() if p.requires_grad]
     # Validation runs uncompiled and unwrapped (except under FSDP, whose sharded parameters
     # only the wrapped module can gather): a no-grad graph would be a second compilation
@@ -347,7 +325,7 @@ def train_step(
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = parallel.local(torch.nn.utils.clip_grad_norm_(parts.params, clip))  # DTensor: FSDP
     bad = ~torch.isfinite(norm)
-    parts.opt.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
+    parts.opt.found_inf = bad.float()  # the optimizer skips the update (and its step count)
     parts.opt.step()
     parts.opt.zero_grad(set_to_none=True)
     loop.count(step_loss, norm, bad)
@@ -444,8 +422,7 @@ def start_info(parts: Parts, loop: LoopState, cfg: TrainArgs, resumed: bool) -> 
         resumed=resumed,
         params_trainable=count_params(parts.raw, trainable_only=True),
         params_total=count_params(parts.raw),
-        # AdamW's two moments per trainable parameter: what LoRA saves
-        optimizer_state_bytes=2 * sum(p.numel() * p.element_size() for p in parts.params),
+        optimizer_state_bytes=state_bytes(parts.opt),
     )
 
 
@@ -539,7 +516,7 @@ def run_steps(
     restore_determinism = deterministic_kernels(d.device)  # around the loop: it compiles
     try:
         for step in range(loop.step, cfg.steps):
-            lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
+            lr = lr_at(step, cfg)
             train_step(parts, batches, loop, lr, cfg, d)
             loop.step, loop.tokens_seen = step + 1, loop.tokens_seen + tokens_per_step
             done = loop.step

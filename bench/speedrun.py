@@ -1,0 +1,311 @@
+"""Time to quality, in the style of the modded-nanogpt speedrun: candidate configurations
+trained on the pipeline's own data side by side, each for the same token budget and for the
+same wall-clock budget as the baseline (the old default), each to its schedule's end.
+
+Per candidate and budget: final validation bits per byte, test bits per byte (the evaluate
+stage's exact rule, whole test split), and tokens to target: the tokens seen at the first
+validation whose loss is at most the baseline's final one (bits per byte, so a candidate with
+another vocabulary compares too). Training seconds exclude validation, include compiling.
+
+Needs the tokenize stage's outputs (`dvc repro tokenize`); a candidate with another
+`tokenizer.vocab_size` gets its own tokenizer and token files in a temporary folder.
+Run on an otherwise idle machine: the wall-clock budget is the baseline's measured time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import REPO, load_params, override
+
+from codexlm.data import load_tokens
+from codexlm.errors import UserError, run_stage
+from codexlm.evaluate import evaluate_split
+from codexlm.model import build_model
+from codexlm.tokenizer import load_pretrained, tokenize
+from codexlm.train import Run, train
+
+# The default of params.yaml before issue 15: the baseline every candidate is measured against.
+OLD_DEFAULT: dict[str, Any] = {
+    "tokenizer.vocab_size": 4096,
+    "model.arch": "llama",
+    "model.n_layer": 4,
+    "model.n_head": 4,
+    "model.d_model": 128,
+    "model.context": 128,
+    "train.steps": 500,
+    "train.batch_size": 32,
+    "train.optimizer": "adamw",
+    "train.lr": 3e-3,
+    "train.min_lr": 3e-4,
+    "train.schedule": "cosine",
+    "train.warmup_steps": 40,
+}
+
+# Each a lever on top of the old default (the record log's rows).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "muon": {"train.optimizer": "muon"},
+    "wsd": {"train.schedule": "wsd"},
+    "muon+wsd": {"train.optimizer": "muon", "train.schedule": "wsd"},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="a candidate of your own (repeatable): e.g. mine:train.lr=0.01",
+    )
+    ap.add_argument(
+        "--common",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a change to every candidate, the baseline too: e.g. train.compile=false",
+    )
+    ap.add_argument("--budget", choices=["tokens", "time", "both"], default="both")
+    ap.add_argument("--eval-every", type=int, default=25, help="validation period, in steps")
+    ap.add_argument("--scale", type=float, default=1.0, help="the budgets x this (a quick look)")
+    ap.add_argument("--tokens", type=Path, default=REPO / "data/tokens")
+    ap.add_argument("--prepared", type=Path, default=REPO / "data/prepared")
+    ap.add_argument("--tokenizer", type=Path, default=REPO / "models/tokenizer")
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    s = ap.parse_args()
+    s.candidates = {n: dict(CANDIDATES[n]) for n in s.candidates.split(",") if n in CANDIDATES}
+    for item in s.set:
+        name, _, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not (name and eq and key.split(".")[0] in ("tokenizer", "model", "train")):
+            raise UserError(f"--set {item}: expected NAME:BLOCK.KEY=VALUE (tokenizer/model/train)")
+        s.candidates.setdefault(name, {})[key] = yaml_value(value)
+    s.candidates = {"baseline": {}, **s.candidates}  # the target comes from the baseline
+    common = {}
+    for item in s.common:
+        key, eq, value = item.partition("=")
+        if not (eq and key.split(".")[0] in ("tokenizer", "model", "train")):
+            raise UserError(f"--common {item}: expected BLOCK.KEY=VALUE (tokenizer/model/train)")
+        common[key] = yaml_value(value)
+    s.candidates = {n: {**common, **c} for n, c in s.candidates.items()}
+    return s
+
+
+def yaml_value(text: str) -> Any:
+    import yaml
+
+    value = yaml.safe_load(text)
+    try:
+        return float(value) if isinstance(value, str) and "e" in value.lower() else value
+    except ValueError:
+        return value
+
+
+def configure(p: Any, changes: dict[str, Any]) -> tuple[int, Any, Any]:
+    """(vocab size, model block, train block) of params with the old default and `changes`."""
+    blocks = {"model": p.model.model_dump(), "train": p.train.model_dump()}
+    vocab = p.tokenizer.vocab_size
+    for key, value in {**OLD_DEFAULT, **changes}.items():
+        block, name = key.split(".")
+        if block == "tokenizer":
+            vocab = int(value)
+        else:
+            blocks[block][name] = value
+    model = type(p.model).model_validate(blocks["model"])
+    return vocab, model, type(p.train).model_validate(blocks["train"])
+
+
+class Clock:
+    """Training seconds (compiling included, validation and logging excluded) and the
+    validation curve, from the loop's callbacks."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.train_s = 0.0
+        self.val: list[tuple[int, float]] = []
+
+    def on_start(self, info: Any) -> None:
+        self.last = time.perf_counter()
+
+    def on_step_end(self, step: int) -> None:
+        now = time.perf_counter()
+        self.train_s += now - self.last
+        self.last = now
+
+    def on_validate(self, step: int, loss: float) -> None:
+        self.val.append((step, loss))
+        self.last = time.perf_counter()
+
+    def on_log(self, step: int, metrics: dict) -> None:
+        self.last = time.perf_counter()
+
+
+class Data:
+    """Token files per vocabulary size: the pipeline's own, or made in a temporary folder."""
+
+    def __init__(self, s: argparse.Namespace, default_vocab: int) -> None:
+        self.s, self.default_vocab = s, default_vocab
+        self.tmp = tempfile.TemporaryDirectory(prefix="speedrun-")
+        self.cache: dict[int, tuple[Path, Path]] = {}
+
+    def get(self, vocab: int) -> tuple[dict, Path, Path]:
+        if vocab == self.default_vocab:
+            tok_dir, out = self.s.tokenizer, self.s.tokens
+        elif vocab in self.cache:
+            tok_dir, out = self.cache[vocab]
+        else:
+            tok_dir, out = Path(self.tmp.name) / f"tok-{vocab}", Path(self.tmp.name) / f"{vocab}"
+            print(f"speedrun: tokenizing with a vocabulary of {vocab}", file=sys.stderr)
+            tokenize(self.s.prepared, "scratch", vocab, 2, tok_dir, out)
+            self.cache[vocab] = tok_dir, out
+        return json.loads((out / "meta.json").read_text()), tok_dir, out
+
+
+def bits(loss: float, meta: dict, split: str) -> float:
+    """A loss in nats per token as bits per byte of the split (its bytes per token)."""
+    return loss / math.log(2) / (meta["bytes"][split] / meta["tokens"][split])
+
+
+def run_one(
+    p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data, eval_every: int
+) -> dict[str, Any]:
+    meta, tok_dir, token_dir = data.get(vocab)
+    model = build_model(model_cfg, meta["vocab_size"], meta["eot_id"], meta["pad_id"], p.seed)
+    train_cfg = override(
+        cfg,
+        eval_every=eval_every,
+        checkpoint_every=cfg.steps,
+        log_every=min(cfg.log_every, cfg.steps),
+        keep_checkpoints=1,
+        resume="never",
+        final="last",
+    )
+    clock = Clock()
+    with tempfile.TemporaryDirectory(prefix="speedrun-ckpt-") as ckpt:
+        run = Run(p.seed, model_cfg.context, Path(ckpt), "speedrun")
+        stdout, sys.stdout = sys.stdout, sys.stderr  # the loop's prints: not the table
+        try:
+            train(
+                model,
+                load_tokens(token_dir, "train"),
+                load_tokens(token_dir, "val"),
+                train_cfg,
+                run,
+                [clock],
+            )
+        finally:
+            sys.stdout = stdout
+    tok = load_pretrained(tok_dir)
+    test = evaluate_split(
+        model,
+        load_tokens(token_dir, "test"),
+        tok,
+        model_cfg.context,
+        32,
+        torch.device("cpu"),
+        desc="test",
+    )
+    per_step = cfg.batch_size * cfg.grad_accum * model_cfg.context
+    curve = [(step * per_step, bits(loss, meta, "val")) for step, loss in clock.val]
+    print(
+        f"speedrun: {cfg.steps} steps, {clock.train_s:.0f} s: val {curve[-1][1]:.4f}, "
+        f"test {test.bits_per_byte:.4f} bits/byte",
+        file=sys.stderr,
+    )
+    return {
+        "steps": cfg.steps,
+        "tokens": cfg.steps * per_step,
+        "train_s": clock.train_s,
+        "val_bpb": curve[-1][1],
+        "test_bpb": test.bits_per_byte,
+        "xz_bpb": test.xz_bits_per_byte,
+        "curve": curve,
+    }
+
+
+def tokens_to(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((tokens for tokens, bpb in curve if bpb <= target), None)
+
+
+def main() -> None:
+    s = parse_args()
+    p = load_params(s.params)
+    torch.set_num_threads(torch.get_num_threads())
+    data = Data(s, p.tokenizer.vocab_size)
+    print(f"speedrun: {torch.get_num_threads()} threads, torch {torch.__version__}")
+    configs = {n: configure(p, c) for n, c in s.candidates.items()}
+    _, base_model, base_train = configs["baseline"]
+    budget_tokens = round(base_train.steps * s.scale) * base_train.batch_size * base_model.context
+    results: dict[str, dict[str, Any]] = {}
+    for name, (vocab, model_cfg, cfg) in configs.items():
+        steps = max(1, round(budget_tokens / (cfg.batch_size * cfg.grad_accum * model_cfg.context)))
+        cfg = type(cfg).model_validate({**cfg.model_dump(), "steps": steps})
+        print(f"speedrun: {name}: {steps} steps (token budget)", file=sys.stderr)
+        results[name] = {"tokens": run_one(p, vocab, model_cfg, cfg, data, s.eval_every)}
+    base = results["baseline"]["tokens"]
+    target = base["val_bpb"]
+    if s.budget in ("time", "both"):
+        for name, (vocab, model_cfg, cfg) in configs.items():
+            own = results[name]["tokens"]
+            steps = max(1, round(own["steps"] * base["train_s"] / own["train_s"]))
+            if name == "baseline" or abs(steps - own["steps"]) <= 0.02 * own["steps"]:
+                results[name]["time"] = own  # the same run, within 2% of the budget
+                continue
+            cfg = type(cfg).model_validate({**cfg.model_dump(), "steps": steps})
+            print(f"speedrun: {name}: {steps} steps (time budget)", file=sys.stderr)
+            results[name]["time"] = run_one(p, vocab, model_cfg, cfg, data, s.eval_every)
+    if s.budget == "time":
+        for r in results.values():
+            r.pop("tokens")
+    report(results, configs, target, s)
+
+
+def report(results: dict, configs: dict, target: float, s: argparse.Namespace) -> None:
+    base_tokens = (
+        tokens_to(results["baseline"]["tokens"]["curve"], target)
+        if "tokens" in results["baseline"]
+        else None
+    )
+    print(f"\ntarget: the baseline's final val bits/byte, {target:.4f}\n")
+    print(
+        "| lever | budget | steps | train s | val bits/byte | test bits/byte | xz -9 | "
+        "tokens to target | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    out = []
+    for name, by_budget in results.items():
+        for budget, r in by_budget.items():
+            reached = tokens_to(r["curve"], target)
+            ratio = reached / base_tokens if reached and base_tokens else None
+            print(
+                f"| {name} | {budget} | {r['steps']} | {r['train_s']:.0f} | {r['val_bpb']:.4f} | "
+                f"{r['test_bpb']:.4f} | {r['xz_bpb']:.4f} | "
+                f"{f'{reached:,}' if reached else 'not reached'} | "
+                f"{f'{ratio:.2f}' if ratio else '-'} |"
+            )
+            out.append(
+                {
+                    "lever": name,
+                    "budget": budget,
+                    "changes": s.candidates[name],
+                    "tokens_to_target": reached,
+                    "ratio": ratio,
+                    **{k: v for k, v in r.items() if k != "curve"},
+                }
+            )
+    print(json.dumps({"target_val_bpb": target, "results": out}))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,138 @@
+"""The optimizer and its learning-rate schedule: AdamW or Muon, cosine or warmup-stable-decay.
+
+Muon (Jordan et al. 2024, `torch.optim.Muon`) orthogonalises the momentum of each hidden
+weight matrix with a few Newton-Schulz iterations, so every direction of the matrix moves
+at the same rate; as its authors prescribe, it is for the 2-D matrices inside the blocks
+only, and AdamW keeps the embeddings, the output head (tied to them here), norms and biases.
+With `adjust_lr_fn="match_rms_adamw"` (Moonshot's "Muon is scalable", 2025) its updates
+have AdamW's size, so `train.lr` and `train.weight_decay` mean the same for both halves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+
+
+class OptimArgs(Protocol):
+    """What the optimizer and the schedule read of the `train` params block."""
+
+    optimizer: str  # adamw | muon
+    lr: float
+    min_lr: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    schedule: str  # cosine | wsd
+    warmup_steps: int
+    decay_fraction: float  # wsd: the share of the steps spent decaying
+    steps: int
+
+
+def lr_at(step: int, cfg: OptimArgs) -> float:
+    """Linear warmup to lr over steps 0..warmup-1; then either a cosine from lr to min_lr, or
+    (wsd) lr held until the last `decay_fraction` of the steps and a linear decay to min_lr.
+    Both reach exactly min_lr at the last step (steps - 1)."""
+    lr, min_lr, warmup, last = cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps - 1
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if cfg.schedule == "wsd":
+        # the decay's first step is still at lr, so a decay of n steps takes n - 1 to fall
+        start = max(warmup, last - max(round(cfg.decay_fraction * cfg.steps), 1) + 1)
+        progress = 1.0 if last <= start else min(max(step - start, 0) / (last - start), 1.0)
+        return min_lr + (lr - min_lr) * (1 - progress)
+    span = last - warmup
+    progress = 1.0 if span <= 0 else min((step - warmup) / span, 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def hidden_matrices(model: torch.nn.Module) -> set[torch.nn.Parameter]:
+    """The trainable 2-D weights inside the blocks: not embeddings (token or position) and
+    not the output head, whose rows are per-token vectors rather than a linear map."""
+    embeddings = {
+        p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+    }
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        embeddings |= set(head.parameters())
+    return {p for p in model.parameters() if p.requires_grad and p.ndim == 2} - embeddings
+
+
+def adamw(
+    params: list[torch.nn.Parameter], cfg: OptimArgs, decay: set[torch.nn.Parameter]
+) -> torch.optim.AdamW:
+    """Fused AdamW; only the parameters in `decay` get weight decay.
+
+    Fused: one kernel for all parameters, and it honours `found_inf` (skip a step) on the
+    device, which is how non-finite steps are skipped without a sync.
+    """
+    groups = [
+        {"params": [p for p in params if p in decay], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True
+    )
+
+
+class MuonAdamW:
+    """Muon for the hidden matrices and AdamW for the rest, stepped as one optimizer: the
+    loop sets every group's lr, checkpoints store both states under one dict."""
+
+    def __init__(self, muon: torch.optim.Muon, rest: torch.optim.AdamW) -> None:
+        self.muon, self.rest = muon, rest
+        self.found_inf: torch.Tensor | None = None
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [*self.muon.param_groups, *self.rest.param_groups]
+
+    def step(self) -> None:
+        # torch's Muon has no `found_inf`: looking at the flag costs a host sync per step,
+        # small next to the Newton-Schulz iterations it saves on a skipped step
+        if self.found_inf is not None and bool(self.found_inf):
+            return
+        self.muon.step()
+        self.rest.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.rest.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.rest.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.rest.load_state_dict(state["adamw"])
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimArgs) -> torch.optim.AdamW | MuonAdamW:
+    """`cfg.optimizer` over the trainable parameters. Weight decay goes to the matrices
+    (hidden and embeddings), not to norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    matrices = {p for p in params if p.ndim >= 2}
+    if cfg.optimizer == "adamw":
+        return adamw(params, cfg, matrices)
+    hidden = hidden_matrices(model)
+    muon = torch.optim.Muon(
+        [p for p in params if p in hidden],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    return MuonAdamW(muon, adamw([p for p in params if p not in hidden], cfg, matrices))
+
+
+def state_bytes(opt: torch.optim.AdamW | MuonAdamW) -> int:
+    """What the optimizer's state will take: AdamW keeps two moments per parameter, Muon one
+    momentum buffer per matrix. What LoRA saves, and what Muon saves over AdamW."""
+    groups = [(opt, 2)] if isinstance(opt, torch.optim.AdamW) else [(opt.muon, 1), (opt.rest, 2)]
+    return sum(
+        slots * p.numel() * p.element_size()
+        for o, slots in groups
+        for g in o.param_groups
+        for p in g["params"]
+    )

@@ -1,0 +1,107 @@
+"""The optimizer and the schedule: which parameters Muon takes, what its checkpoints hold,
+and the shape of both schedules."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import model_args, train_args
+
+from codexlm import optim
+from codexlm.model import build_model
+
+
+def schedule(**overrides: object) -> list[float]:
+    cfg = train_args(**{"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 40, "steps": 500, **overrides})
+    return [optim.lr_at(s, cfg) for s in range(cfg.steps)]
+
+
+def test_cosine_warms_up_then_decays_to_min_lr_at_the_last_step() -> None:
+    lr, min_lr, warmup = 3e-3, 3e-4, 40
+    sched = schedule(schedule="cosine")
+    assert sched[0] == lr / warmup and sched[warmup - 1] == lr  # linear warmup
+    assert sched[warmup] == lr  # the cosine starts at the peak...
+    assert sched[-1] == min_lr  # ...and ends exactly at min_lr on the last step
+    assert all(a >= b for a, b in itertools.pairwise(sched[warmup:]))
+    mid = warmup + (500 - 1 - warmup) // 2
+    assert sched[mid] == pytest.approx((lr + min_lr) / 2, rel=1e-2)
+    assert schedule(schedule="cosine", warmup_steps=0, steps=1) == [3e-4]  # one step: the last
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_to_min_lr() -> None:
+    lr, min_lr, warmup = 3e-3, 3e-4, 40
+    sched = schedule(schedule="wsd", decay_fraction=0.2)
+    assert sched[0] == lr / warmup and sched[warmup - 1] == lr
+    decaying = [s for s, v in enumerate(sched) if v < lr and s >= warmup]
+    assert decaying == list(range(401, 500))  # 100 decay steps, the first still at the peak
+    assert set(sched[warmup:401]) == {lr}  # stable
+    steps = [a - b for a, b in itertools.pairwise(sched[400:])]
+    assert all(d == pytest.approx(steps[0]) for d in steps)  # linear
+    assert sched[-1] == min_lr
+    assert schedule(schedule="wsd", warmup_steps=0, steps=1) == [3e-4]
+    # a decay longer than what follows the warmup starts right after it
+    assert schedule(schedule="wsd", decay_fraction=1.0)[40] == lr
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(arch: str) -> None:
+    model = build_model(model_args(arch=arch, n_layer=2, d_model=32, context=16), 64, 0, 1, 0)
+    opt = optim.build_optimizer(model, train_args(optimizer="muon"))
+    assert isinstance(opt, optim.MuonAdamW)
+    names = {p: n for n, p in model.named_parameters()}
+    muon = {names[p] for g in opt.muon.param_groups for p in g["params"]}
+    rest = {names[p] for g in opt.rest.param_groups for p in g["params"]}
+    assert muon | rest == set(names.values()) and not muon & rest
+    assert all(
+        names[p] in muon
+        for p in names
+        if p.ndim == 2
+        and "embed" not in names[p]
+        and "wte" not in names[p]
+        and "wpe" not in names[p]
+    )
+    embeddings = {n for n in names.values() if "embed" in n or "wte" in n or "wpe" in n}
+    assert embeddings and embeddings <= rest  # token (and gpt2's position) embeddings
+    assert all(model.get_parameter(n).ndim == 2 for n in muon)
+    decayed = {
+        names[p] for g in opt.rest.param_groups if g["weight_decay"] > 0 for p in g["params"]
+    }
+    assert decayed == embeddings  # norms and biases get no weight decay
+
+
+def test_muon_state_round_trips_through_a_checkpoint_dict() -> None:
+    model = build_model(model_args(n_layer=1, d_model=32, context=16), 64, 0, 1, 0)
+    cfg = train_args(optimizer="muon")
+    opt = optim.build_optimizer(model, cfg)
+    x = torch.randint(0, 64, (2, 16))
+    model(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    state = opt.state_dict()
+    assert set(state) == {"muon", "adamw"}
+    fresh = optim.build_optimizer(model, cfg)
+    fresh.load_state_dict(state)
+    for a, b in ((opt.muon, fresh.muon), (opt.rest, fresh.rest)):
+        for p in a.state:
+            for k, v in a.state[p].items():
+                assert torch.equal(v, b.state[p][k]), k
+    # what the optimizer keeps: one buffer per hidden matrix, two moments for the rest
+    hidden = sum(p.numel() for g in opt.muon.param_groups for p in g["params"])
+    others = sum(p.numel() for g in opt.rest.param_groups for p in g["params"])
+    assert optim.state_bytes(opt) == 4 * (hidden + 2 * others)
+
+
+def test_muon_skips_a_non_finite_step() -> None:
+    model = build_model(model_args(n_layer=1, d_model=32, context=16), 64, 0, 1, 0)
+    opt = optim.build_optimizer(model, train_args(optimizer="muon"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, 64, (2, 16))
+    model(input_ids=x, labels=x).loss.backward()
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not opt.muon.state and not opt.rest.state  # no momentum either
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
