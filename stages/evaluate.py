@@ -1,5 +1,5 @@
-"""evaluate: models/trained + data/tokens -> reports/evaluate/ (metrics.json, figures,
-samples.md, report.md)"""
+"""evaluate: models/trained + data/tokens + data/prepared -> reports/evaluate/ (metrics.json,
+details.json, figures, samples.md, report.md)"""
 
 import sys
 from pathlib import Path
@@ -9,12 +9,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import json
+import math
 
 import torch
 
 from codexlm import params, provenance
 from codexlm.atomic import write_json, write_text
-from codexlm.data import load_tokens
 from codexlm.errors import run_stage
 from codexlm.evaluate import (
     evaluate_split,
@@ -41,8 +41,9 @@ def main() -> None:
     results = {
         split: evaluate_split(
             model,
-            load_tokens(Path("data/tokens"), split),
-            tok,
+            Path("data/tokens"),
+            Path("data/prepared"),
+            split,
             p.model.context,
             e.batch_size,
             device,
@@ -63,6 +64,9 @@ def main() -> None:
     test, val = results["test"], results["val"]
     headline = {
         "test/bits_per_byte": test.bits_per_byte,
+        # across the test documents; absent (NaN) with fewer than two
+        "test/bits_per_byte_se": test.bits_per_byte_se,
+        "test/documents": test.documents,
         "test/perplexity": test.perplexity,
         "test/loss": test.loss,
         "test/accuracy": test.accuracy,
@@ -71,17 +75,23 @@ def main() -> None:
         "train/tokens_per_s": extra["train_tokens_per_s"],
     }
     for k, v in headline.items():
-        live.log_metric(k, v, plot=False)
+        if math.isfinite(v):  # JSON has no NaN
+            live.log_metric(k, v, plot=False)
     live.make_summary()
     plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
     plot_loss_by_position(results, OUT / "loss_by_position.png")
-    write_json(OUT / "details.json", {split: r.metrics() for split, r in results.items()})
+    details = {
+        split: {k: v for k, v in r.metrics().items() if math.isfinite(v)}
+        for split, r in results.items()
+    }
+    write_json(OUT / "details.json", details)
     samples_md = samples_markdown(e.prompts, completions)
     write_text(OUT / "samples.md", samples_md)
     write_text(OUT / "report.md", report_markdown(results, extra, samples_md))
     t = results["test"]
     print(
         f"evaluate: test loss {t.loss:.4f}, bits/byte {t.bits_per_byte:.4f} "
+        f"± {t.bits_per_byte_se:.4f} over {t.documents} documents "
         f"(xz -9: {t.xz_bits_per_byte:.4f}), accuracy {t.accuracy:.3f}"
     )
 

@@ -28,10 +28,15 @@ def main() -> None:
         val_fraction=p.val_fraction,
         test_fraction=p.test_fraction,
         scrub_secrets=p.scrub_secrets,
+        near_dup_threshold=p.near_dup_threshold,
         out_dir=Path("data/prepared"),
         source_identity=identity,
     )
-    print(f"prepare: documents {stats['documents']}, dropped {stats['dropped']}")
+    near = stats["near_duplicates"]
+    print(
+        f"prepare: documents {stats['documents']}, dropped {stats['dropped']}, "
+        f"near-duplicate groups {near['groups']} ({near['documents']} documents)"
+    )
 
 
 if __name__ == "__main__":

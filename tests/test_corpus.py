@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from codexlm import corpus
-from codexlm.corpus import SPLITS, Raw, clean, iter_source, prepare, split_of
+from codexlm.corpus import SPLITS, Raw, clean, digest, iter_source, prepare, split_of
 from codexlm.errors import UserError
 
 DEFAULTS = dict(
@@ -141,26 +142,193 @@ def test_rerun_replaces_outputs(tmp_path: Path) -> None:
 
 
 def test_reading_is_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the first document is split and buffered long before the source is exhausted
-    total, consumed, at_first_split = 200, [0], []
+    # the first document is staged (its text written out, only digests and a signature kept)
+    # long before the source is exhausted; splits are decided once the groups are known
+    total, consumed, at_first_stage = 200, [0], []
 
     def source(*_a, **_k):
         for i in range(total):
             consumed[0] += 1
             yield Raw(f"doc{i}", doc(i).encode())
 
-    real_split_of = corpus.split_of
+    real_add = corpus._SplitFiles.add
 
-    def spy(text: str, *a) -> str:
-        at_first_split.append(consumed[0])
-        return real_split_of(text, *a)
+    def spy(self, split: str, name: str, text: str) -> None:
+        if split == "all":
+            at_first_stage.append(consumed[0])
+        return real_add(self, split, name, text)
 
     monkeypatch.setattr(corpus, "iter_source", source)
-    monkeypatch.setattr(corpus, "split_of", spy)
+    monkeypatch.setattr(corpus._SplitFiles, "add", spy)
     monkeypatch.setattr(corpus, "_WINDOW", 16)
     stats = prep("unused", tmp_path / "out")
-    assert sum(stats["documents"].values()) == total == consumed[0]
-    assert at_first_split[0] <= 16
+    assert sum(stats["documents"].values()) == total == consumed[0] == len(at_first_stage)
+    assert at_first_stage[0] <= 16
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- near duplicates
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = [
+    "LATIN",
+    "CAPITAL",
+    "SMALL",
+    "LETTER",
+    "ACUTE",
+    "GRAVE",
+    "CEDILLA",
+    "SIGN",
+    "CYRILLIC",
+    "GREEK",
+    "BOX",
+    "DOUBLE",
+]
+TABLE_HEAD = """\"\"\" Python Character Mapping Codec {name} generated with gencodec.py.\"\"\"
+
+import codecs
+
+class Codec(codecs.Codec):
+
+    def encode(self,input,errors='strict'):
+        return codecs.charmap_encode(input,errors,encoding_table)
+
+    def decode(self,input,errors='strict'):
+        return codecs.charmap_decode(input,errors,decoding_table)
+
+def getregentry():
+    return codecs.CodecInfo(name={name!r}, encode=Codec().encode, decode=Codec().decode)
+
+decoding_table = (
+"""
+# license boilerplate that ordinary, otherwise distinct modules share
+BOILERPLATE = """# Copyright (c) 2024 The codexlm authors. All rights reserved.
+# Licensed under the MIT licence; see LICENSE for the terms under which
+# this file may be used, copied, modified and distributed.
+from __future__ import annotations
+
+import os
+import sys
+
+"""
+
+
+def codec_family(n: int) -> dict[str, str]:
+    """n codec tables as the standard library's: the same code, character tables that
+    differ in about 30% of their upper 128 entries (Jaccard of 5-grams about 0.8)."""
+    rng = random.Random(0)
+    base = [
+        (chr(i) if i < 128 else chr(rng.randrange(0xA0, 0x2FF)), " ".join(rng.choices(NAMES, k=4)))
+        for i in range(256)
+    ]
+    family = {}
+    for k in range(n):
+        r, lines = random.Random(k + 1), []
+        for i, (c, name) in enumerate(base):
+            if i >= 128 and r.random() < 0.3:
+                c, name = chr(r.randrange(0xA0, 0x2FF)), " ".join(r.choices(NAMES, k=4))
+            lines.append(f"    {c!r:<10} #  0x{i:02X} -> {name}")
+        family[f"encodings/cp{900 + k}.py"] = (
+            TABLE_HEAD.format(name=f"cp{900 + k}") + "\n".join(lines) + "\n)\n"
+        )
+    return family
+
+
+def ordinary_modules() -> dict[str, str]:
+    """This project's own modules, each under the same licence header."""
+    return {
+        f"lib/{p.name}": BOILERPLATE + p.read_text()
+        for p in sorted((ROOT / "src" / "codexlm").glob("*.py"))
+    }
+
+
+def write_jsonl(path: Path, docs: dict[str, str], order: list[str]) -> Path:
+    # the name is the text's first line, so a document is recognised whatever its row
+    with path.open("w") as f:
+        for name in order:
+            f.write(json.dumps({"text": f"# {name}\n{docs[name]}"}) + "\n")
+    return path
+
+
+def placement(out: Path) -> dict[str, str]:
+    """document (by its first line) -> split"""
+    return {text.split("\n", 1)[0]: s for s, text in read_all(out).values()}
+
+
+def test_near_duplicate_family_lands_in_one_split(tmp_path: Path) -> None:
+    family, ordinary = codec_family(8), ordinary_modules()
+    src = tmp_path / "src"
+    for name, text in {**family, **ordinary}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    stats = prep(src, tmp_path / "out")
+    docs = read_all(tmp_path / "out")
+    # the whole family in one split: the one of its smallest member content digest
+    where = {docs[name][0] for name in family}
+    assert all(docs[name][1] == text for name, text in family.items())
+    key = min(digest(text) for text in family.values())
+    assert where == {corpus.split_of_digest(key, 0.2, 0.2)}
+    # ordinary modules that share boilerplate are not grouped: each by its own (scrubbed)
+    # content's hash
+    for name in ordinary:
+        assert docs[name][0] == split_of(docs[name][1], 0.2, 0.2)
+    near = stats["near_duplicates"]
+    own = [split_of(text, 0.2, 0.2) for text in family.values()]
+    assert near == {
+        "threshold": 0.7,
+        "groups": 1,
+        "documents": 8,
+        "largest": 8,
+        "moved": sum(s not in where for s in own),
+        "examples": [{"size": 8, "names": sorted(family)[:3]}],
+    }
+    assert near["moved"] > 0  # without grouping, the family would be spread over the splits
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["near_duplicates"] == near
+
+
+def test_near_duplicate_splits_do_not_depend_on_reading_order(tmp_path: Path) -> None:
+    docs = {**codec_family(6), **ordinary_modules()}
+    order = sorted(docs)
+    shuffled = order[:]
+    random.Random(3).shuffle(shuffled)
+    a = prep(write_jsonl(tmp_path / "a.jsonl", docs, order), tmp_path / "a")
+    b = prep(write_jsonl(tmp_path / "b.jsonl", docs, shuffled[::-1]), tmp_path / "b")
+    assert placement(tmp_path / "a") == placement(tmp_path / "b")
+    assert len(placement(tmp_path / "a")) == len(docs)
+    # the same groups (named by their rows, which differ) and the same counts
+    for key in ("groups", "documents", "largest", "moved"):
+        assert a["near_duplicates"][key] == b["near_duplicates"][key]
+    assert a["near_duplicates"]["groups"] == 1 and a["near_duplicates"]["documents"] == 6
+    assert a["documents"] == b["documents"] and a["bytes"] == b["bytes"]
+
+
+def test_whitespace_only_differences_are_one_group(tmp_path: Path) -> None:
+    # tiny documents have too few shingles for MinHash to be sure; the collapsed content is
+    src = make_folder(tmp_path / "src", 0, 30)
+    (src / "spaced.py").write_text(doc(3).replace("    ", "\t").replace("(x)", "( x )"))
+    (src / "tabbed.py").write_text(doc(3).replace("    ", "\t"))
+    stats = prep(src, tmp_path / "out", near_dup_threshold=1.0)
+    docs = read_all(tmp_path / "out")
+    assert docs["tabbed.py"][0] == docs["mod_003.py"][0]
+    assert stats["near_duplicates"]["examples"][0]["names"] == ["mod_003.py", "tabbed.py"]
+
+
+def test_a_new_near_copy_moves_only_its_group(tmp_path: Path) -> None:
+    """Stability: adding documents moves no document unless it joins a group."""
+    family = codec_family(2)
+    src = make_folder(tmp_path / "src", 0, 40)
+    first, second = sorted(family)
+    (src / "first.py").write_text(family[first])
+    prep(src, tmp_path / "a")
+    before = read_all(tmp_path / "a")
+    (src / "second.py").write_text(family[second])
+    prep(src, tmp_path / "b")
+    after = read_all(tmp_path / "b")
+    for name, placed in before.items():
+        if name != "first.py":
+            assert after[name] == placed
+    key = min(digest(t) for t in family.values())
+    assert after["first.py"][0] == after["second.py"][0] == corpus.split_of_digest(key, 0.2, 0.2)
 
 
 # ---------------------------------------------------------------- dropping documents

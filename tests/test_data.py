@@ -166,6 +166,24 @@ def test_sequential_batches_max_tokens_beyond_the_file() -> None:
     assert torch.cat(ys)[m].tolist() == list(range(1, 40))
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100])
+@pytest.mark.parametrize("max_tokens", [0, 1, 16, 40])
+def test_sequential_batches_with_a_first_context_token_score_every_token(
+    n: int, max_tokens: int
+) -> None:
+    # evaluation gives the first token an end-of-text as context: then every token is scored
+    tokens = np.arange(1000, 1000 + n, dtype=np.uint16)
+    xs, ys, ms = zip(*sequential_batches(tokens, 3, CONTEXT, max_tokens, first=7), strict=True)
+    x, y, m = torch.cat(xs), torch.cat(ys), torch.cat(ms)
+    scored = n if max_tokens == 0 else min(n, max_tokens)
+    assert int(m.sum()) == scored
+    assert y[m].tolist() == tokens[:scored].tolist()
+    assert x[m].tolist() == [7, *tokens[: scored - 1].tolist()]
+    # window w's target j is token w * CONTEXT + j
+    rows = torch.arange(len(x))[:, None] * CONTEXT + torch.arange(CONTEXT)
+    assert rows[m].tolist() == list(range(scored))
+
+
 def test_load_tokens_memory_maps_with_the_meta_dtype(tmp_path: Path) -> None:
     ids = np.arange(70_000, dtype=np.uint32)[::-1].copy()
     ids.tofile(tmp_path / "train.bin")

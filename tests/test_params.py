@@ -156,6 +156,9 @@ def test_wrong_type_is_named(key: str, value: object) -> None:
         ("train.lr", -0.001),
         ("data.val_fraction", 0.0),
         ("data.test_fraction", 0.5),
+        ("data.near_dup_threshold", 0),
+        ("data.near_dup_threshold", -0.5),
+        ("data.near_dup_threshold", 1.01),
         ("tokenizer.vocab_size", 100),
         ("tokenizer.max_train_mb", 0),
         ("model.context", 4),
@@ -167,6 +170,16 @@ def test_out_of_range_is_named(key: str, value: object) -> None:
     msg = error_of(with_value(key, value))
     assert key in msg
     assert repr(value) in msg  # the offending value is shown
+
+
+def test_near_dup_threshold_line() -> None:
+    assert error_of(with_value("data.near_dup_threshold", 0)) == (
+        "params.yaml: data.near_dup_threshold: Input should be greater than 0 (got 0)"
+    )
+    assert error_of(with_value("data.near_dup_threshold", 1.5)) == (
+        "params.yaml: data.near_dup_threshold: Input should be less than or equal to 1 (got 1.5)"
+    )
+    assert params.parse(with_value("data.near_dup_threshold", 1)).data.near_dup_threshold == 1
 
 
 def test_min_lr_above_lr() -> None:

@@ -1,8 +1,17 @@
 """Sources -> documents: read, clean, scrub secrets, dedup and split (the prepare stage).
 
-Documents stream from the source to three parquet writers, so memory does not grow with the
-corpus (only the 32-byte digests kept for dedup do). A document's split is decided by a hash
-of its content, so adding documents never moves existing ones between splits.
+Documents stream from the source through the cleaning workers to a temporary parquet file,
+so memory does not grow with the texts: what is kept per document is its 32-byte content
+digest (exact dedup), the digest of its whitespace-collapsed content and a 128-value MinHash
+signature of its character 5-grams (512 bytes). Documents whose collapsed contents are equal,
+or whose estimated Jaccard similarity reaches `near_dup_threshold`, form a near-duplicate
+group (connected components), and a whole group goes to one split: the split of its smallest
+member content digest. A document in no group is split by the hash of its own content, as
+before, so the split does not depend on the order documents are read in.
+
+Stability: adding documents never moves a document between splits unless it joins a
+near-duplicate group (a new near-copy can also merge two groups, moving one of them). Only
+then are the texts copied from the temporary file to the three split files.
 """
 
 from __future__ import annotations
@@ -21,9 +30,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
@@ -38,6 +49,25 @@ _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 # Documents in flight to the cleaning workers at once (Executor.map alone would read the whole
 # source before returning the first result).
 _WINDOW = 1024
+# Near-duplicate detection (see the module docstring and README "prepare"). Character 5-grams
+# of the whitespace-collapsed text: measured on the standard library, they put the charmap
+# codec tables (Lib/encodings/cp*.py, iso8859_*.py, mac_*.py, which differ only in their
+# character tables) at Jaccard 0.7-1.0 with each other, while the closest ordinary modules
+# that share boilerplate stay below (ctypes/macholib dylib.py and framework.py 0.62, bz2.py
+# and lzma.py 0.58). Longer shingles (9-, 13-grams, words, lines) split the codec tables
+# into more, smaller families at the same threshold.
+SHINGLE_CHARS = 5
+NUM_PERM = 128  # signature size: 128 uint32 values, 512 bytes a document
+MINHASH_SEED = 1  # fixed: the same corpus gives the same signatures, groups and splits
+# The LSH index favours recall: candidates are checked by their estimated Jaccard anyway, so
+# a false positive costs only time, while a missed pair leaves near copies in two splits.
+# With weights (0.05, 0.95) datasketch picks 21 bands of 6 rows at 0.7: a pair right at the
+# threshold is a candidate with probability 0.93 (0.44 with its default equal weights), one
+# at 0.75 with 0.98. It needs two bands at least, which it cannot tune above 0.99.
+_LSH_WEIGHTS = (0.05, 0.95)
+_LSH_MAX_THRESHOLD = 0.99
+# near-duplicate groups named in stats.json (the largest first)
+_EXAMPLE_GROUPS = 5
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,7 @@ class Stats:
     bytes: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     secrets: Counter[str] = field(default_factory=Counter)
+    near_duplicates: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +93,7 @@ class Stats:
             "bytes": {s: self.bytes[s] for s in SPLITS},
             "dropped": dict(sorted(self.dropped.items())),
             "secrets": dict(sorted(self.secrets.items())),
+            "near_duplicates": self.near_duplicates,
         }
 
 
@@ -313,9 +345,13 @@ def clean(
     return text, None, found
 
 
-def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
-    """Stable split from the content hash: the same document always lands in the same split."""
-    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+def digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def split_of_digest(key: bytes, val_fraction: float, test_fraction: float) -> str:
+    """Stable split from a content digest: the same digest always lands in the same split."""
+    h = int.from_bytes(key[:8], "big") / 2**64
     if h < test_fraction:
         return "test"
     if h < test_fraction + val_fraction:
@@ -323,11 +359,144 @@ def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
+    """Stable split from the content hash: a document in no near-duplicate group lands here."""
+    return split_of_digest(digest(text), val_fraction, test_fraction)
+
+
+# ---------------------------------------------------------------- near duplicates
+
+
+def normalised(text: str) -> str:
+    """The content near-duplicate detection compares: whitespace runs collapsed to one space."""
+    return " ".join(text.split())
+
+
+def _identity(h: np.uint32) -> np.uint32:
+    return h
+
+
+def shingle_hashes(norm: str) -> np.ndarray:
+    """Distinct 32-bit hashes of the text's character 5-grams (the whole text if shorter).
+
+    A polynomial hash of the code points, computed for all windows at once with numpy (a
+    Python-level hash per shingle costs seconds on the standard library)."""
+    cps = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    k = min(SHINGLE_CHARS, len(cps))
+    n = len(cps) - k + 1
+    h = np.zeros(n, dtype=np.uint64)
+    for i in range(k):  # uint64 arithmetic wraps: a hash modulo 2**64
+        h = h * np.uint64(0x100000001B3) + cps[i : i + n] + np.uint64(1)
+    return np.unique(((h >> np.uint64(32)) ^ h).astype(np.uint32))
+
+
+def signature(text: str) -> np.ndarray:
+    """The document's MinHash signature (NUM_PERM uint32 values, fixed seed)."""
+    m = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, hashfunc=_identity, scheme="affine32")
+    hashes = shingle_hashes(normalised(text))
+    for i in range(0, len(hashes), 8192):  # bounds the (shingles x NUM_PERM) work array
+        m.update_batch(hashes[i : i + 8192])
+    return m.hashvalues.copy()
+
+
+def _minhash(sig: np.ndarray) -> MinHash:
+    return MinHash(seed=MINHASH_SEED, hashvalues=sig, scheme="affine32")
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+@dataclass
+class _Kept:
+    """What prepare keeps per document until the groups are known: no texts."""
+
+    names: list[str] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    norm_first: dict[bytes, int] = field(default_factory=dict)  # collapsed digest -> first doc
+    same_norm: list[tuple[int, int]] = field(default_factory=list)
+    signatures: list[np.ndarray] = field(default_factory=list)
+
+
+def near_duplicate_groups(kept: _Kept, threshold: float) -> list[int]:
+    """Each document's group (the smallest index in it): documents are linked when their
+    collapsed contents are equal or their signatures' estimated Jaccard is >= threshold.
+
+    MinHashLSH finds the candidate pairs (a pair is a candidate when it shares a band of
+    the signature, the same whichever is inserted first), and each candidate is kept only if
+    the estimated Jaccard reaches the threshold: the links, and so the groups, do not depend on
+    the order of the documents."""
+    uf = _UnionFind(len(kept.digests))
+    for i, j in kept.same_norm:
+        uf.union(i, j)
+    lsh = MinHashLSH(
+        threshold=min(threshold, _LSH_MAX_THRESHOLD), num_perm=NUM_PERM, weights=_LSH_WEIGHTS
+    )
+    for i, sig in enumerate(kept.signatures):
+        m = _minhash(sig)
+        for j in lsh.query(m):
+            if np.count_nonzero(kept.signatures[j] == sig) / NUM_PERM >= threshold:
+                uf.union(i, j)
+        lsh.insert(i, m, check_duplication=False)
+    return [uf.find(i) for i in range(len(kept.digests))]
+
+
+def assign_splits(
+    kept: _Kept, threshold: float, val_fraction: float, test_fraction: float
+) -> tuple[list[str], dict[str, object]]:
+    """Each document's split (a group's is the split of its smallest member content digest)
+    and the near_duplicates summary for stats.json."""
+    group = near_duplicate_groups(kept, threshold)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group):
+        members.setdefault(g, []).append(i)
+    split_of_group = {
+        g: split_of_digest(min(kept.digests[i] for i in m), val_fraction, test_fraction)
+        for g, m in members.items()
+    }
+    splits = [split_of_group[g] for g in group]
+    multi = [sorted(kept.names[i] for i in m) for m in members.values() if len(m) > 1]
+    multi.sort(key=lambda names: (-len(names), names[0]))
+    moved = sum(
+        s != split_of_digest(d, val_fraction, test_fraction)
+        for s, d in zip(splits, kept.digests, strict=True)
+    )
+    summary = {
+        "threshold": threshold,
+        "groups": len(multi),
+        "documents": sum(map(len, multi)),
+        "largest": len(multi[0]) if multi else 0,
+        # documents whose split is their group's rather than their own content hash's
+        "moved": moved,
+        "examples": [{"size": len(names), "names": names[:3]} for names in multi[:_EXAMPLE_GROUPS]],
+    }
+    return splits, summary
+
+
+# ---------------------------------------------------------------- cleaning in the workers
+
+
 def _clean_star(
     args: tuple[Raw, int, int, bool],
-) -> tuple[str, str | None, str | None, Counter[str]]:
+) -> tuple[str, str | None, str | None, Counter[str], bytes | None, np.ndarray | None]:
+    """clean() in a worker, plus what near-duplicate detection needs of a kept document."""
     raw = args[0]
-    return (raw.name, *clean(*args))
+    text, reason, found = clean(*args)
+    if text is None:
+        return raw.name, None, reason, found, None, None
+    return raw.name, text, None, found, digest(normalised(text)), signature(text)
 
 
 def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bool]]):
@@ -340,17 +509,16 @@ def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bo
 
 
 class _SplitFiles:
-    """One parquet file per split, written under temporary names in batches of 512 rows and
-    renamed into place only by `commit`, so a failed prepare leaves nothing behind."""
+    """One parquet file per name (the splits, or the staging file), written under temporary
+    names in batches of 512 rows and renamed into place only by `commit`, so a failed
+    prepare leaves nothing behind."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, names: tuple[str, ...] = SPLITS) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.out_dir = out_dir
-        self.tmp = {s: out_dir / f".{s}.parquet.tmp" for s in SPLITS}
-        self.writers = {
-            s: pq.ParquetWriter(self.tmp[s], SCHEMA, compression="zstd") for s in SPLITS
-        }
-        self.buffers: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+        self.out_dir, self.names = out_dir, names
+        self.tmp = {s: out_dir / f".{s}.parquet.tmp" for s in names}
+        self.writers = {s: pq.ParquetWriter(self.tmp[s], SCHEMA, compression="zstd") for s in names}
+        self.buffers: dict[str, list[tuple[str, str]]] = {s: [] for s in names}
 
     def add(self, split: str, name: str, text: str) -> None:
         self.buffers[split].append((name, text))
@@ -365,7 +533,7 @@ class _SplitFiles:
             self.buffers[split].clear()
 
     def close(self) -> None:
-        for s in SPLITS:
+        for s in self.names:
             self._flush(s)
             self.writers[s].close()
 
@@ -376,27 +544,48 @@ class _SplitFiles:
             t.unlink(missing_ok=True)
 
     def commit(self) -> None:
-        for s in SPLITS:
+        for s in self.names:
             os.replace(self.tmp[s], self.out_dir / f"{s}.parquet")
 
 
-def _keep(results: Iterator, stats: Stats, val: float, test: float, files: _SplitFiles) -> None:
-    """Count the drops, skip exact duplicates, and send each kept document to its split."""
-    seen: set[bytes] = set()
-    for name, text, reason, found in tqdm(results, desc="prepare", unit="doc"):
+def _keep(results: Iterator, stats: Stats, staging: _SplitFiles) -> _Kept:
+    """Count the drops, skip exact duplicates, and stage each kept document (its text to the
+    staging file, its digests and signature in memory)."""
+    kept, seen = _Kept(), set()
+    for name, text, reason, found, norm, sig in tqdm(results, desc="prepare", unit="doc"):
         if reason:
             stats.dropped[reason.split(":")[0]] += 1
             continue
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if digest in seen:
+        key = digest(text)
+        if key in seen:
             stats.dropped["duplicate"] += 1
             continue
-        seen.add(digest)
+        seen.add(key)
         stats.secrets.update(found)
-        split = split_of(text, val, test)
-        stats.documents[split] += 1
-        stats.bytes[split] += len(text.encode("utf-8"))
-        files.add(split, name, text)
+        i = len(kept.digests)
+        kept.names.append(name)
+        kept.digests.append(key)
+        kept.signatures.append(sig)
+        first = kept.norm_first.setdefault(norm, i)
+        if first != i:
+            kept.same_norm.append((first, i))
+        staging.add("all", name, text)
+    return kept
+
+
+def _route(staged: Path, splits: list[str], stats: Stats, files: _SplitFiles) -> None:
+    """Copy the staged documents, in source order, to the split files."""
+    i = 0
+    pf = pq.ParquetFile(staged, pre_buffer=False)
+    for batch in pf.iter_batches(columns=["name", "text"], batch_size=512):
+        for name, text in zip(
+            batch.column("name").to_pylist(), batch.column("text").to_pylist(), strict=True
+        ):
+            split = splits[i]
+            stats.documents[split] += 1
+            stats.bytes[split] += len(text.encode("utf-8"))
+            files.add(split, name, text)
+            i += 1
 
 
 def prepare(
@@ -409,6 +598,7 @@ def prepare(
     test_fraction: float,
     scrub_secrets: bool,
     out_dir: Path,
+    near_dup_threshold: float = 0.7,
     workers: int | None = None,
     source_identity: dict[str, object] | None = None,
 ) -> dict[str, object]:
@@ -420,23 +610,34 @@ def prepare(
     # the source's own checks (it exists, its text column does) fail on the first document:
     # read it before anything is written or shown
     docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
-    files, stats = _SplitFiles(out_dir), Stats()
+    staging, stats = _SplitFiles(out_dir, ("all",)), Stats()
+    files: _SplitFiles | None = None
     jobs = ((raw, min_chars, max_chars, scrub_secrets) for raw in docs)
     try:
         with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
             # map() keeps the source order, so the output does not depend on scheduling
-            _keep(_clean_all(pool, jobs), stats, val_fraction, test_fraction, files)
+            kept = _keep(_clean_all(pool, jobs), stats, staging)
+        staging.close()
+        splits, stats.near_duplicates = assign_splits(
+            kept, near_dup_threshold, val_fraction, test_fraction
+        )
+        del kept
+        files = _SplitFiles(out_dir)
+        _route(staging.tmp["all"], splits, stats, files)
         files.close()
     except BaseException:
         # a source that fails part way (unreadable table, missing column) leaves nothing behind
-        files.discard()
+        if files is not None:
+            files.discard()
         raise
+    finally:
+        staging.discard()
     empty = [s for s in SPLITS if stats.documents[s] == 0]
     if empty:
         files.discard()
-        kept = sum(stats.documents.values())
+        kept_docs = sum(stats.documents.values())
         raise UserError(
-            f"data.source: {source!r} gave {kept} usable documents (dropped: "
+            f"data.source: {source!r} gave {kept_docs} usable documents (dropped: "
             f"{dict(stats.dropped) or 'none'}), leaving the {'/'.join(empty)} split empty; "
             f"add documents or adjust {_knobs(stats.dropped)}"
         )

@@ -80,17 +80,36 @@ def eval_batches(
     return [_windows(tokens, s, context) for s in starts]
 
 
-def sequential_batches(tokens: np.ndarray, batch_size: int, context: int, max_tokens: int = 0):
-    """Consecutive windows that together predict every token but the first (for evaluation).
+def sequential_batches(
+    tokens: np.ndarray,
+    batch_size: int,
+    context: int,
+    max_tokens: int = 0,
+    first: int | None = None,
+):
+    """Consecutive windows that together predict every token but the first (for evaluation);
+    with `first`, every token, the first one given `first` as its only context (evaluation
+    passes the end-of-text id: the split's first document then has the context every later
+    document has). `max_tokens > 0` scores only the first that many.
 
-    Yields (inputs, targets, mask): the last window is padded and masked.
+    Yields (inputs, targets, mask): the last window is padded and masked. Window w starts at
+    position w * context of the stream ([first] + tokens, or tokens), so its target j is
+    token (w * context + j) with `first`, token (w * context + j + 1) without.
     """
-    end = len(tokens) if max_tokens <= 0 else min(len(tokens), max_tokens + 1)
+    lead = 0 if first is None else 1
+    stream = len(tokens) + lead
+    end = stream if max_tokens <= 0 else min(stream, max_tokens + 1)
+
+    def window(s: int, e: int) -> np.ndarray:  # stream[s:e]
+        if lead and s == 0:
+            return np.concatenate([[first], np.asarray(tokens[: e - 1])]).astype(np.int64)
+        return np.asarray(tokens[s - lead : e - lead], dtype=np.int64)
+
     starts = list(range(0, end - 1, context))
     for i in range(0, len(starts), batch_size):
         xs, ys, ms = [], [], []
         for s in starts[i : i + batch_size]:
-            w = np.asarray(tokens[s : min(s + context + 1, end)], dtype=np.int64)
+            w = window(s, min(s + context + 1, end))
             k = len(w) - 1
             x = np.zeros(context, dtype=np.int64)
             y = np.zeros(context, dtype=np.int64)

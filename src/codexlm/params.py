@@ -82,6 +82,9 @@ class Data(_Block):
     val_fraction: float = Field(gt=0, lt=0.5)
     test_fraction: float = Field(gt=0, lt=0.5)
     scrub_secrets: bool
+    # estimated Jaccard similarity (character 5-grams) from which two documents are near
+    # duplicates and go to the same split; 1 groups only (near-)identical signatures
+    near_dup_threshold: float = Field(gt=0, le=1)
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Data:

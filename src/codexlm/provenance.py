@@ -32,6 +32,7 @@ VERSIONS_HEADER = """\
 """
 # what computes results (the keys of versions.yaml)
 COMPUTING = (
+    "datasketch",
     "detect-secrets",
     "gguf",
     "huggingface-hub",
@@ -39,6 +40,7 @@ COMPUTING = (
     "peft",
     "pyarrow",
     "safetensors",
+    "scipy",
     "tokenizers",
     "torch",
     "transformers",
