@@ -30,7 +30,7 @@ from codexlm.data import load_tokens
 from codexlm.errors import UserError, run_stage
 from codexlm.evaluate import evaluate_split
 from codexlm.model import build_model
-from codexlm.tokenizer import load_pretrained, tokenize
+from codexlm.tokenizer import tokenize
 from codexlm.train import Run, train
 
 # The default of params.yaml before issue 15: the baseline every candidate is measured against.
@@ -50,12 +50,17 @@ OLD_DEFAULT: dict[str, Any] = {
     "train.warmup_steps": 40,
 }
 
-# Each a lever on top of the old default (the record log's rows).
+# The record log's rows: each adds a lever to the row before it (on top of OLD_DEFAULT).
+MUON = {"train.optimizer": "muon"}
+WSD = {**MUON, "train.schedule": "wsd"}
+TUNED = {**WSD, "train.lr": 6e-3, "train.decay_fraction": 0.4}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "baseline": {},
-    "muon": {"train.optimizer": "muon"},
-    "wsd": {"train.schedule": "wsd"},
-    "muon+wsd": {"train.optimizer": "muon", "train.schedule": "wsd"},
+    "muon": MUON,
+    "muon+wsd": WSD,
+    "muon+wsd+lr": TUNED,
+    "+vocab 2048": {**TUNED, "tokenizer.vocab_size": 2048},
+    "+batch 16": {**TUNED, "train.batch_size": 16},
 }
 
 
@@ -81,7 +86,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--scale", type=float, default=1.0, help="the budgets x this (a quick look)")
     ap.add_argument("--tokens", type=Path, default=REPO / "data/tokens")
     ap.add_argument("--prepared", type=Path, default=REPO / "data/prepared")
-    ap.add_argument("--tokenizer", type=Path, default=REPO / "models/tokenizer")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     s = ap.parse_args()
     s.candidates = {n: dict(CANDIDATES[n]) for n in s.candidates.split(",") if n in CANDIDATES}
@@ -133,6 +137,7 @@ class Clock:
     def __init__(self) -> None:
         self.last = time.perf_counter()
         self.train_s = 0.0
+        self.first_s: float | None = None  # the first step's, compiling included
         self.val: list[tuple[int, float]] = []
 
     def on_start(self, info: Any) -> None:
@@ -141,6 +146,8 @@ class Clock:
     def on_step_end(self, step: int) -> None:
         now = time.perf_counter()
         self.train_s += now - self.last
+        if self.first_s is None:
+            self.first_s = now - self.last
         self.last = now
 
     def on_validate(self, step: int, loss: float) -> None:
@@ -157,19 +164,22 @@ class Data:
     def __init__(self, s: argparse.Namespace, default_vocab: int) -> None:
         self.s, self.default_vocab = s, default_vocab
         self.tmp = tempfile.TemporaryDirectory(prefix="speedrun-")
-        self.cache: dict[int, tuple[Path, Path]] = {}
+        self.cache: dict[int, Path] = {}
 
-    def get(self, vocab: int) -> tuple[dict, Path, Path]:
+    def get(self, vocab: int) -> tuple[dict, Path]:
+        """(meta.json, the token folder) for a vocabulary size."""
         if vocab == self.default_vocab:
-            tok_dir, out = self.s.tokenizer, self.s.tokens
+            out = self.s.tokens
         elif vocab in self.cache:
-            tok_dir, out = self.cache[vocab]
+            out = self.cache[vocab]
         else:
-            tok_dir, out = Path(self.tmp.name) / f"tok-{vocab}", Path(self.tmp.name) / f"{vocab}"
+            out = Path(self.tmp.name) / f"{vocab}"
             print(f"speedrun: tokenizing with a vocabulary of {vocab}", file=sys.stderr)
-            tokenize(self.s.prepared, "scratch", vocab, 2, tok_dir, out)
-            self.cache[vocab] = tok_dir, out
-        return json.loads((out / "meta.json").read_text()), tok_dir, out
+            tokenize(
+                self.s.prepared, "scratch", vocab, 2, Path(self.tmp.name) / f"tok-{vocab}", out
+            )
+            self.cache[vocab] = out
+        return json.loads((out / "meta.json").read_text()), out
 
 
 def bits(loss: float, meta: dict, split: str) -> float:
@@ -178,9 +188,9 @@ def bits(loss: float, meta: dict, split: str) -> float:
 
 
 def run_one(
-    p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data, eval_every: int
+    p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data, eval_every: int, test: bool = True
 ) -> dict[str, Any]:
-    meta, tok_dir, token_dir = data.get(vocab)
+    meta, token_dir = data.get(vocab)
     model = build_model(model_cfg, meta["vocab_size"], meta["eot_id"], meta["pad_id"], p.seed)
     train_cfg = override(
         cfg,
@@ -206,42 +216,61 @@ def run_one(
             )
         finally:
             sys.stdout = stdout
-    tok = load_pretrained(tok_dir)
-    test = evaluate_split(
-        model,
-        load_tokens(token_dir, "test"),
-        tok,
-        model_cfg.context,
-        32,
-        torch.device("cpu"),
-        desc="test",
-    )
     per_step = cfg.batch_size * cfg.grad_accum * model_cfg.context
     curve = [(step * per_step, bits(loss, meta, "val")) for step, loss in clock.val]
-    print(
-        f"speedrun: {cfg.steps} steps, {clock.train_s:.0f} s: val {curve[-1][1]:.4f}, "
-        f"test {test.bits_per_byte:.4f} bits/byte",
-        file=sys.stderr,
-    )
-    return {
+    out = {
         "steps": cfg.steps,
         "tokens": cfg.steps * per_step,
         "train_s": clock.train_s,
+        "first_s": clock.first_s,
         "val_bpb": curve[-1][1],
-        "test_bpb": test.bits_per_byte,
-        "xz_bpb": test.xz_bits_per_byte,
         "curve": curve,
     }
+    if test:
+        result = evaluate_split(
+            model,
+            token_dir,
+            data.s.prepared,
+            "test",
+            model_cfg.context,
+            32,
+            torch.device("cpu"),
+            desc="test",
+        )
+        out.update(
+            test_bpb=result.bits_per_byte,
+            test_se=result.bits_per_byte_se,
+            xz_bpb=result.xz_bits_per_byte,
+        )
+        print(
+            f"speedrun: {cfg.steps} steps, {clock.train_s:.0f} s: val {out['val_bpb']:.4f}, "
+            f"test {out['test_bpb']:.4f} bits/byte",
+            file=sys.stderr,
+        )
+    return out
 
 
 def tokens_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((tokens for tokens, bpb in curve if bpb <= target), None)
 
 
+def with_steps(cfg: Any, steps: int) -> Any:
+    return type(cfg).model_validate({**cfg.model_dump(), "steps": max(1, steps)})
+
+
+def step_costs(p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data) -> tuple[float, float]:
+    """(seconds of the first step, compiling included; seconds per later step) from a short
+    run of PROBE_STEPS, for a candidate with no token-budget run to read them from."""
+    probe = run_one(p, vocab, model_cfg, with_steps(cfg, PROBE_STEPS), data, PROBE_STEPS, False)
+    return probe["first_s"], (probe["train_s"] - probe["first_s"]) / (PROBE_STEPS - 1)
+
+
+PROBE_STEPS = 30
+
+
 def main() -> None:
     s = parse_args()
     p = load_params(s.params)
-    torch.set_num_threads(torch.get_num_threads())
     data = Data(s, p.tokenizer.vocab_size)
     print(f"speedrun: {torch.get_num_threads()} threads, torch {torch.__version__}")
     configs = {n: configure(p, c) for n, c in s.candidates.items()}
@@ -249,34 +278,41 @@ def main() -> None:
     budget_tokens = round(base_train.steps * s.scale) * base_train.batch_size * base_model.context
     results: dict[str, dict[str, Any]] = {}
     for name, (vocab, model_cfg, cfg) in configs.items():
-        steps = max(1, round(budget_tokens / (cfg.batch_size * cfg.grad_accum * model_cfg.context)))
-        cfg = type(cfg).model_validate({**cfg.model_dump(), "steps": steps})
+        if name != "baseline" and s.budget == "time":
+            continue
+        steps = round(budget_tokens / (cfg.batch_size * cfg.grad_accum * model_cfg.context))
         print(f"speedrun: {name}: {steps} steps (token budget)", file=sys.stderr)
-        results[name] = {"tokens": run_one(p, vocab, model_cfg, cfg, data, s.eval_every)}
+        results[name] = {
+            "tokens": run_one(p, vocab, model_cfg, with_steps(cfg, steps), data, s.eval_every)
+        }
     base = results["baseline"]["tokens"]
-    target = base["val_bpb"]
     if s.budget in ("time", "both"):
         for name, (vocab, model_cfg, cfg) in configs.items():
-            own = results[name]["tokens"]
-            steps = max(1, round(own["steps"] * base["train_s"] / own["train_s"]))
-            if name == "baseline" or abs(steps - own["steps"]) <= 0.02 * own["steps"]:
-                results[name]["time"] = own  # the same run, within 2% of the budget
+            own = results.get(name, {}).get("tokens")
+            if own is not None:
+                first, per_step = (
+                    own["first_s"],
+                    (own["train_s"] - own["first_s"]) / (own["steps"] - 1),
+                )
+            else:
+                first, per_step = step_costs(p, vocab, model_cfg, cfg, data)
+            # the steps whose training time (the first step's compiling included) is the
+            # baseline's, so the schedule still ends at its end
+            steps = max(1, 1 + round((base["train_s"] - first) / per_step))
+            # within 5%, the token run stands for the time run: closer than the run-to-run
+            # noise of a shared machine's step times (the baseline's train s varied by 8%)
+            if own is not None and abs(steps - own["steps"]) <= 0.05 * own["steps"]:
+                results[name]["time"] = own
                 continue
-            cfg = type(cfg).model_validate({**cfg.model_dump(), "steps": steps})
             print(f"speedrun: {name}: {steps} steps (time budget)", file=sys.stderr)
-            results[name]["time"] = run_one(p, vocab, model_cfg, cfg, data, s.eval_every)
-    if s.budget == "time":
-        for r in results.values():
-            r.pop("tokens")
-    report(results, configs, target, s)
+            results.setdefault(name, {})["time"] = run_one(
+                p, vocab, model_cfg, with_steps(cfg, steps), data, s.eval_every
+            )
+    report(results, base["val_bpb"], s)
 
 
-def report(results: dict, configs: dict, target: float, s: argparse.Namespace) -> None:
-    base_tokens = (
-        tokens_to(results["baseline"]["tokens"]["curve"], target)
-        if "tokens" in results["baseline"]
-        else None
-    )
+def report(results: dict, target: float, s: argparse.Namespace) -> None:
+    base_tokens = tokens_to(results["baseline"]["tokens"]["curve"], target)
     print(f"\ntarget: the baseline's final val bits/byte, {target:.4f}\n")
     print(
         "| lever | budget | steps | train s | val bits/byte | test bits/byte | xz -9 | "
@@ -284,13 +320,16 @@ def report(results: dict, configs: dict, target: float, s: argparse.Namespace) -
     )
     print("|---|---|---|---|---|---|---|---|---|")
     out = []
+    budgets = ("tokens", "time") if s.budget == "both" else (s.budget,)
     for name, by_budget in results.items():
         for budget, r in by_budget.items():
+            if budget not in budgets:
+                continue
             reached = tokens_to(r["curve"], target)
             ratio = reached / base_tokens if reached and base_tokens else None
             print(
                 f"| {name} | {budget} | {r['steps']} | {r['train_s']:.0f} | {r['val_bpb']:.4f} | "
-                f"{r['test_bpb']:.4f} | {r['xz_bpb']:.4f} | "
+                f"{r['test_bpb']:.4f} ± {r['test_se']:.4f} | {r['xz_bpb']:.4f} | "
                 f"{f'{reached:,}' if reached else 'not reached'} | "
                 f"{f'{ratio:.2f}' if ratio else '-'} |"
             )

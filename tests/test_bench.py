@@ -126,7 +126,7 @@ def test_speedrun_compares_candidates_on_both_budgets(built: Path) -> None:
     cmd += ["--set", "small-vocab:tokenizer.vocab_size=280", "--set", "small-vocab:train.lr=1e-2"]
     for flag, path in (("--tokens", "data/tokens"), ("--prepared", "data/prepared")):
         cmd += [flag, str(built / path)]
-    cmd += ["--tokenizer", str(built / "models/tokenizer"), "--params", str(built / "params.yaml")]
+    cmd += ["--params", str(built / "params.yaml")]
     summary = json.loads(run(cmd, cwd=ROOT).stdout.splitlines()[-1])
     rows = {(r["lever"], r["budget"]): r for r in summary["results"]}
     names = ("baseline", "muon", "small-vocab")

@@ -121,6 +121,7 @@ def test_gguf_param_is_validated(tmp_path: Path) -> None:
     init = fake_checkpoint(tmp_path / "base", max_position_embeddings=512)
     p["model"]["init"] = str(init)
     p["lora"]["enabled"] = True
+    p["train"]["optimizer"] = "adamw"  # Muon is refused with LoRA
     p["export"]["merge_lora"] = False
     with pytest.raises(UserError, match=r"export\.gguf: an adapter export"):
         params.parse(p)

@@ -5,13 +5,16 @@ so memory does not grow with the texts: what is kept per document is its 32-byte
 digest (exact dedup), the digest of its whitespace-collapsed content and a 128-value MinHash
 signature of its character 5-grams (512 bytes). Documents whose collapsed contents are equal,
 or whose estimated Jaccard similarity reaches `near_dup_threshold`, form a near-duplicate
-group (connected components), and a whole group goes to one split: the split of its smallest
-member content digest. A document in no group is split by the hash of its own content, as
-before, so the split does not depend on the order documents are read in.
+group (connected components), and a whole group goes to the train split. Held-out splits
+measure text unlike anything trained on; a family of near-copies, hashed into a held-out split
+as a whole, would dominate it (the standard library's 48 charmap codec tables alone were 63%
+of the test bytes) and hand `xz -9`, which compresses a split as one stream, the copies that
+the model's context windows cannot see. A document in no group is split by the hash of its
+own content, as before, so the split does not depend on the order documents are read in.
 
 Stability: adding documents never moves a document between splits unless it joins a
-near-duplicate group (a new near-copy can also merge two groups, moving one of them). Only
-then are the texts copied from the temporary file to the three split files.
+near-duplicate group (and so moves to train). Only then are the texts copied from the
+temporary file to the three split files.
 """
 
 from __future__ import annotations
@@ -456,14 +459,16 @@ def near_duplicate_groups(kept: _Kept, threshold: float) -> list[int]:
 def assign_splits(
     kept: _Kept, threshold: float, val_fraction: float, test_fraction: float
 ) -> tuple[list[str], dict[str, object]]:
-    """Each document's split (a group's is the split of its smallest member content digest)
-    and the near_duplicates summary for stats.json."""
+    """Each document's split (a group of near-duplicates trains; a document in none goes by
+    its content hash) and the near_duplicates summary for stats.json."""
     group = near_duplicate_groups(kept, threshold)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(group):
         members.setdefault(g, []).append(i)
     split_of_group = {
-        g: split_of_digest(min(kept.digests[i] for i in m), val_fraction, test_fraction)
+        g: "train"
+        if len(m) > 1
+        else split_of_digest(kept.digests[m[0]], val_fraction, test_fraction)
         for g, m in members.items()
     }
     splits = [split_of_group[g] for g in group]
@@ -478,7 +483,7 @@ def assign_splits(
         "groups": len(multi),
         "documents": sum(map(len, multi)),
         "largest": len(multi[0]) if multi else 0,
-        # documents whose split is their group's rather than their own content hash's
+        # documents in train that their own content hash would have held out
         "moved": moved,
         "examples": [{"size": len(names), "names": names[:3]} for names in multi[:_EXAMPLE_GROUPS]],
     }
