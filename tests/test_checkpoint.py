@@ -43,6 +43,7 @@ def new_model(seed: int = 0) -> torch.nn.Module:
 
 
 TRAIN = dict(
+    optimizer="adamw",  # the tests that are about Muon say so
     steps=STEPS,
     batch_size=4,
     grad_accum=2,
@@ -374,11 +375,13 @@ def test_max_bad_steps_in_a_row_stop_the_run(tmp_path, tokens) -> None:
     assert checkpoint.candidates(tmp_path / "ckpt") == []  # nothing written after the NaNs
 
 
-def test_optimizer_state_loads_weights_only(tmp_path, tokens) -> None:
-    run_train(tmp_path, tokens)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_optimizer_state_loads_weights_only(tmp_path, tokens, optimizer) -> None:
+    run_train(tmp_path, tokens, optimizer=optimizer)
     ckpt = checkpoint.candidates(tmp_path / "ckpt")[0]
     state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    assert "state" in state and "param_groups" in state
+    parts = [state] if optimizer == "adamw" else [state["muon"], state["adamw"]]
+    assert all("state" in p and "param_groups" in p and p["state"] for p in parts)
 
 
 @pytest.mark.slow  # two compilations

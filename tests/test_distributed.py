@@ -44,23 +44,38 @@ def two_process_copy(built: Path, dst: Path, strategy: str, **train: object) -> 
     return untrained_copy(built, dst, nproc=2, batch_size=half, strategy=strategy, **train)
 
 
-def assert_same_curves(one: Path, two: Path) -> None:
+def assert_same_curves(one: Path, two: Path, rel: float = 1e-4) -> None:
     for name in ("train/loss", "val/loss", "grad_norm"):
         a, b = history(one, name), history(two, name)
         assert a.keys() == b.keys(), name
         for step in a:
-            assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), (name, step)
+            assert b[step] == pytest.approx(a[step], rel=rel, abs=1e-5), (name, step)
 
 
 def trained_weights(repo: Path) -> dict[str, torch.Tensor]:
     return load_file(repo / "models/trained/model.safetensors")
 
 
-def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one_with_muon(built: Path, tmp_path: Path) -> None:
+    """The default optimizer under DDP: every rank applies the same Muon update to the
+    all-reduced gradient. Muon's Newton-Schulz runs in bf16, whose rounding turns the
+    all-reduce's last-bit differences into ~1e-4 relative ones: the curves agree to 1e-3."""
+    assert yaml.safe_load((built / "params.yaml").read_text())["train"]["optimizer"] == "muon"
     repo = two_process_copy(built, tmp_path / "ddp", "ddp")
     proc = run(["python", "stages/train.py"], repo)
     assert "starting from step 0" in proc.stdout and "2 processes, ddp" in proc.stdout
-    assert_same_curves(built, repo)
+    assert_same_curves(built, repo, rel=1e-3)
+
+
+def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
+    """AdamW (fp32 throughout): the same curves to 1e-4, and checkpoints that move between
+    process counts."""
+    one = untrained_copy(built, tmp_path / "one", optimizer="adamw")
+    run(["python", "stages/train.py"], one)
+    repo = two_process_copy(built, tmp_path / "ddp", "ddp", optimizer="adamw")
+    proc = run(["python", "stages/train.py"], repo)
+    assert "starting from step 0" in proc.stdout and "2 processes, ddp" in proc.stdout
+    assert_same_curves(one, repo)
     two = trained_weights(repo)
 
     # resume the 2-process run's step-4 checkpoint with 1 process and the same global batch

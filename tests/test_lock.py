@@ -72,11 +72,11 @@ def test_code_change_retrains_from_step_0(finished: Path) -> None:
     # deterministic: the same computation over a comment gives the same weights
     assert sha(repo / "models/trained/model.safetensors") == trained
 
-    # a real change (the schedule) gives other weights
-    train_py = repo / "src/codexlm/train.py"
-    code = train_py.read_text()
-    assert "0.5 * (lr - min_lr)" in code
-    train_py.write_text(code.replace("0.5 * (lr - min_lr)", "0.25 * (lr - min_lr)"))
+    # a real change (the schedule's decay) gives other weights
+    optim_py = repo / "src/codexlm/optim.py"
+    code = optim_py.read_text()
+    assert "(lr - min_lr) * (1 - progress)" in code
+    optim_py.write_text(code.replace("(lr - min_lr) * (1 - progress)", "(lr - min_lr) * 0.5"))
     log = run(["dvc", "repro", "train"], repo).stdout
     assert "starting from step 0" in log
     assert sha(repo / "models/trained/model.safetensors") != trained

@@ -215,6 +215,7 @@ def test_lora_needs_a_pretrained_model(tmp_path: Path) -> None:
     assert "lora.enabled" in msg and "model.init" in msg
     base = fake_checkpoint(tmp_path / "base", max_position_embeddings=512)
     raw["model"]["init"] = str(base)
+    raw["train"]["optimizer"] = "adamw"  # Muon is refused with LoRA (below)
     assert params.parse(raw).lora.enabled
 
 
