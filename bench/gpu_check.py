@@ -30,7 +30,7 @@ CONTEXT, VOCAB, STEPS = 64, 512, 8
 MODEL = types.SimpleNamespace(arch="llama", n_layer=2, n_head=4, d_model=64, dropout=0.0)
 MODEL.context = CONTEXT
 TRAIN = dict(steps=STEPS, batch_size=8, grad_accum=2, lr=6e-3, min_lr=3e-4, warmup_steps=2)
-TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4)  # the default's levers
+TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4, embed_lr_scale=3.0)  # default
 TRAIN.update(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="auto")
 TRAIN.update(eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4, keep_checkpoints=3)
 TRAIN.update(resume="auto", final="last", max_bad_steps=3, strategy="ddp")

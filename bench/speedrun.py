@@ -48,6 +48,7 @@ OLD_DEFAULT: dict[str, Any] = {
     "train.min_lr": 3e-4,
     "train.schedule": "cosine",
     "train.warmup_steps": 40,
+    "train.embed_lr_scale": 1.0,
 }
 
 # The record log's rows: each adds a lever to the row before it (on top of OLD_DEFAULT).
@@ -61,6 +62,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "muon+wsd+lr": TUNED,
     "+vocab 2048": {**TUNED, "tokenizer.vocab_size": 2048},
     "+batch 16": {**TUNED, "train.batch_size": 16},
+    "+context 256": {**TUNED, "model.context": 256, "train.batch_size": 16},
+    "+embed lr x3": {**TUNED, "train.embed_lr_scale": 3.0},
 }
 
 

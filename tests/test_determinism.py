@@ -26,7 +26,7 @@ model_cfg = SimpleNamespace(arch="llama", n_layer=2, n_head=4, d_model=64, conte
 model = build_model(model_cfg, 512, 0, 0, seed=0)
 cfg = SimpleNamespace(
     steps=6, batch_size=16, grad_accum=1, optimizer=sys.argv[2], lr=3e-3, min_lr=3e-4,
-    schedule="cosine", warmup_steps=2, decay_fraction=0.2,
+    schedule="cosine", warmup_steps=2, decay_fraction=0.2, embed_lr_scale=3.0,
     weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="fp32",
     compile=sys.argv[1] == "compile", compile_mode="default", eval_every=6, eval_batches=1,
     log_every=3, checkpoint_every=6, keep_checkpoints=1, resume="never", final="last",

@@ -71,6 +71,30 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(arch: str) -> None:
     assert decayed == embeddings  # norms and biases get no weight decay
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_embed_lr_scale_multiplies_the_lr_of_all_but_the_hidden_matrices(optimizer: str) -> None:
+    """One step from the same gradients at scale 1 and 4: the first update of Adam and of
+    Muon is proportional to the lr, so the hidden matrices move the same and the rest 4x."""
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def first_update(scale: float) -> tuple[dict[str, torch.Tensor], set[str]]:
+        model = build_model(model_args(n_layer=1, d_model=32, context=16), 64, 0, 1, 0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        cfg = train_args(optimizer=optimizer, embed_lr_scale=scale, weight_decay=0.0)
+        opt = optim.build_optimizer(model, cfg)
+        optim.set_lr(opt, 1e-3)
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        hidden = {n for n, p in model.named_parameters() if p in optim.hidden_matrices(model)}
+        return {n: p.detach() - before[n] for n, p in model.named_parameters()}, hidden
+
+    (one, hidden), (four, _) = first_update(1.0), first_update(4.0)
+    assert hidden and len(hidden) < len(one)
+    for name in one:
+        ratio = (four[name].norm() / one[name].norm()).item()
+        assert ratio == pytest.approx(1.0 if name in hidden else 4.0, rel=1e-4), name
+
+
 def test_muon_state_round_trips_through_a_checkpoint_dict() -> None:
     model = build_model(model_args(n_layer=1, d_model=32, context=16), 64, 0, 1, 0)
     cfg = train_args(optimizer="muon")

@@ -256,6 +256,12 @@ def test_schedule_and_optimizer_are_checked() -> None:
     assert "train.optimizer" in error_of(with_value("train.optimizer", "sgd"))
     assert "train.schedule" in error_of(with_value("train.schedule", "linear"))
     assert "train.decay_fraction" in error_of(with_value("train.decay_fraction", 0))
+    assert "train.embed_lr_scale" in error_of(with_value("train.embed_lr_scale", 0))
+    # the embeddings' decay per step is lr x embed_lr_scale x weight_decay
+    raw = with_value("train.embed_lr_scale", 100)
+    raw["train"].update(lr=0.02, weight_decay=0.6)
+    msg = error_of(raw)
+    assert "train.weight_decay" in msg and "train.embed_lr_scale" in msg
 
 
 def test_compile_mode_needs_compile() -> None:

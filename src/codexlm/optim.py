@@ -28,6 +28,7 @@ class OptimArgs(Protocol):
     schedule: str  # cosine | wsd
     warmup_steps: int
     decay_fraction: float  # wsd: the share of the steps spent decaying
+    embed_lr_scale: float  # the lr of all but the hidden matrices, as a multiple of lr
     steps: int
 
 
@@ -61,19 +62,29 @@ def hidden_matrices(model: torch.nn.Module) -> set[torch.nn.Parameter]:
 
 
 def adamw(
-    params: list[torch.nn.Parameter], cfg: OptimArgs, decay: set[torch.nn.Parameter]
+    params: list[torch.nn.Parameter],
+    cfg: OptimArgs,
+    decay: set[torch.nn.Parameter],
+    hidden: set[torch.nn.Parameter],
 ) -> torch.optim.AdamW:
-    """Fused AdamW; only the parameters in `decay` get weight decay.
+    """Fused AdamW; only the parameters in `decay` get weight decay, and those not in
+    `hidden` train at `embed_lr_scale` times the lr (each group's `lr_scale`).
 
     Fused: one kernel for all parameters, and it honours `found_inf` (skip a step) on the
     device, which is how non-finite steps are skipped without a sync.
     """
-    groups = [
-        {"params": [p for p in params if p in decay], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p not in decay], "weight_decay": 0.0},
-    ]
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for p in params:
+        scale = 1.0 if p in hidden else cfg.embed_lr_scale
+        groups.setdefault((cfg.weight_decay if p in decay else 0.0, scale), []).append(p)
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True
+        [
+            {"params": ps, "weight_decay": wd, "lr": cfg.lr * scale, "lr_scale": scale}
+            for (wd, scale), ps in groups.items()
+        ],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=True,
     )
 
 
@@ -109,21 +120,28 @@ class MuonAdamW:
         self.rest.load_state_dict(state["adamw"])
 
 
+def set_lr(opt: torch.optim.Optimizer | MuonAdamW, lr: float) -> None:
+    """The schedule's lr for this step, times each group's scale."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g["lr_scale"]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimArgs) -> torch.optim.AdamW | MuonAdamW:
     """`cfg.optimizer` over the trainable parameters. Weight decay goes to the matrices
-    (hidden and embeddings), not to norms and biases."""
+    (hidden and embeddings), not to norms and biases; all but the hidden matrices train at
+    `embed_lr_scale` x the lr (with Muon: the AdamW half)."""
     params = [p for p in model.parameters() if p.requires_grad]
     matrices = {p for p in params if p.ndim >= 2}
-    if cfg.optimizer == "adamw":
-        return adamw(params, cfg, matrices)
     hidden = hidden_matrices(model)
+    if cfg.optimizer == "adamw":
+        return adamw(params, cfg, matrices, hidden)
     muon = torch.optim.Muon(
-        [p for p in params if p in hidden],
+        [{"params": [p for p in params if p in hidden], "lr_scale": 1.0}],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         adjust_lr_fn="match_rms_adamw",
     )
-    return MuonAdamW(muon, adamw([p for p in params if p not in hidden], cfg, matrices))
+    return MuonAdamW(muon, adamw([p for p in params if p not in hidden], cfg, matrices, hidden))
 
 
 def state_bytes(opt: torch.optim.AdamW | MuonAdamW) -> int:

@@ -239,6 +239,7 @@ class Train(_Block):
     schedule: Literal["cosine", "wsd"]
     warmup_steps: int = Field(ge=0)
     decay_fraction: float = Field(gt=0, le=1)  # wsd: the share of the steps that decay
+    embed_lr_scale: float = Field(gt=0, le=100)  # lr of all but the hidden matrices, x lr
     weight_decay: float = Field(ge=0)
     beta1: float = Field(ge=0, lt=1)
     beta2: float = Field(ge=0, lt=1)
@@ -280,11 +281,12 @@ class Train(_Block):
     def _decay_below_one_per_step(self) -> Train:
         # AdamW multiplies every weight by (1 - lr * weight_decay) each step: at 1 or more the
         # weights are zeroed or flip sign, and training ends in non-finite values much later
-        if self.lr * self.weight_decay >= 1:
+        lr = self.lr * max(1.0, self.embed_lr_scale)  # the embeddings' lr is lr x this
+        if lr * self.weight_decay >= 1:
             raise ValueError(
-                f"train.weight_decay: {self.weight_decay} with train.lr {self.lr} scales the "
-                f"weights by {1 - self.lr * self.weight_decay:.3g} each step; keep "
-                "lr * weight_decay below 1"
+                f"train.weight_decay: {self.weight_decay} with a peak lr of {lr:g} (train.lr x "
+                f"train.embed_lr_scale) scales the weights by {1 - lr * self.weight_decay:.3g} "
+                "each step; keep lr * weight_decay below 1"
             )
         return self
 

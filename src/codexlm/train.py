@@ -34,7 +34,7 @@ from codexlm.data import eval_batches, train_batch
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
-from codexlm.optim import MuonAdamW, build_optimizer, lr_at, state_bytes
+from codexlm.optim import MuonAdamW, build_optimizer, lr_at, set_lr, state_bytes
 from codexlm.parallel import Dist, weights_finite
 
 
@@ -51,6 +51,7 @@ class TrainArgs(Protocol):
     schedule: str
     warmup_steps: int
     decay_fraction: float
+    embed_lr_scale: float
     weight_decay: float
     beta1: float
     beta2: float
@@ -309,8 +310,7 @@ def train_step(
     parts: Parts, batches: Iterator, loop: LoopState, lr: float, cfg: TrainArgs, d: Dist
 ) -> None:
     """One optimizer step over grad_accum micro-batches; sums stay on the device."""
-    for g in parts.opt.param_groups:
-        g["lr"] = lr
+    set_lr(parts.opt, lr)
     step_loss = torch.zeros((), device=d.device)
     for micro in range(cfg.grad_accum):
         x, y = next(batches)
