@@ -261,14 +261,19 @@ def with_steps(cfg: Any, steps: int) -> Any:
     return type(cfg).model_validate({**cfg.model_dump(), "steps": max(1, steps)})
 
 
-def step_costs(p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data) -> tuple[float, float]:
-    """(seconds of the first step, compiling included; seconds per later step) from a short
-    run of PROBE_STEPS, for a candidate with no token-budget run to read them from."""
-    probe = run_one(p, vocab, model_cfg, with_steps(cfg, PROBE_STEPS), data, PROBE_STEPS, False)
-    return probe["first_s"], (probe["train_s"] - probe["first_s"]) / (PROBE_STEPS - 1)
-
-
 PROBE_STEPS = 30
+
+
+def step_costs(run: dict[str, Any]) -> tuple[float, float]:
+    """(seconds of the first step, compiling included; seconds per later step) of a run."""
+    later = (run["train_s"] - run["first_s"]) / max(1, run["steps"] - 1)
+    return run["first_s"], later
+
+
+def probe(p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data) -> dict[str, Any]:
+    """A short untested run of PROBE_STEPS, for a candidate with no token-budget run to read
+    its step costs from."""
+    return run_one(p, vocab, model_cfg, with_steps(cfg, PROBE_STEPS), data, PROBE_STEPS, False)
 
 
 def main() -> None:
@@ -292,13 +297,7 @@ def main() -> None:
     if s.budget in ("time", "both"):
         for name, (vocab, model_cfg, cfg) in configs.items():
             own = results.get(name, {}).get("tokens")
-            if own is not None:
-                first, per_step = (
-                    own["first_s"],
-                    (own["train_s"] - own["first_s"]) / (own["steps"] - 1),
-                )
-            else:
-                first, per_step = step_costs(p, vocab, model_cfg, cfg, data)
+            first, per_step = step_costs(own or probe(p, vocab, model_cfg, cfg, data))
             # the steps whose training time (the first step's compiling included) is the
             # baseline's, so the schedule still ends at its end
             steps = max(1, 1 + round((base["train_s"] - first) / per_step))

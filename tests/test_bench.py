@@ -102,6 +102,20 @@ def test_loss_memory_reports_both_variants() -> None:
     assert full["added_peak_mb"] > 0 and chunked["added_peak_mb"] > 0
 
 
+def test_optimizer_step_times_both_optimizers_and_both_iterations(tmp_path: Path) -> None:
+    p = tiny_params("stdlib")  # llama, 1 layer of width 32
+    write_params(tmp_path, p)
+    cmd = [sys.executable, "bench/optimizer_step.py", "--params", str(tmp_path / "params.yaml")]
+    summary = json.loads(
+        run([*cmd, "--vocab", "256", "--steps", "2"], cwd=ROOT).stdout.splitlines()[-1]
+    )
+    assert summary["forward_backward_ms"] > 0 and set(summary["optimizer_ms"]) == {"adamw", "muon"}
+    ns = summary["newton_schulz"]
+    # q, k, v, o, gate, up, down per layer; square and (transposed) 3x-wide: two stacks
+    assert ns["matrices"] == 7 * p["model"]["n_layer"] and ns["shapes"] == 2
+    assert ns["max_abs_diff"] < 0.05  # stacked is torch's iteration, to bf16 rounding
+
+
 def test_data_pipeline_runs_every_step(tmp_path: Path) -> None:
     write_params(tmp_path, tiny_params("stdlib"))  # val and test 20%: none empty at 1 MB
     cmd = [sys.executable, "bench/data_pipeline.py", "--small-mb", "1", "--large-mb", "2"]

@@ -56,26 +56,37 @@ def trained_weights(repo: Path) -> dict[str, torch.Tensor]:
     return load_file(repo / "models/trained/model.safetensors")
 
 
+def train_two(built: Path, dst: Path, strategy: str, **train: object) -> Path:
+    """The built tiny repo trained from scratch on two processes (`strategy`)."""
+    repo = two_process_copy(built, dst, strategy, **train)
+    proc = run(["python", "stages/train.py"], repo)
+    assert "starting from step 0" in proc.stdout and f"2 processes, {strategy}" in proc.stdout
+    return repo
+
+
+@pytest.fixture(scope="module")
+def one_adamw(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built tiny repo trained on one process with AdamW: what DDP and FSDP (where Muon
+    is refused) are compared with."""
+    one = untrained_copy(built, tmp_path_factory.mktemp("one") / "repo", optimizer="adamw")
+    run(["python", "stages/train.py"], one)
+    return one
+
+
 def test_two_processes_match_one_with_muon(built: Path, tmp_path: Path) -> None:
     """The default optimizer under DDP: every rank applies the same Muon update to the
     all-reduced gradient. Muon's Newton-Schulz runs in bf16, whose rounding turns the
     all-reduce's last-bit differences into ~1e-4 relative ones: the curves agree to 1e-3."""
     assert yaml.safe_load((built / "params.yaml").read_text())["train"]["optimizer"] == "muon"
-    repo = two_process_copy(built, tmp_path / "ddp", "ddp")
-    proc = run(["python", "stages/train.py"], repo)
-    assert "starting from step 0" in proc.stdout and "2 processes, ddp" in proc.stdout
+    repo = train_two(built, tmp_path / "ddp", "ddp")
     assert_same_curves(built, repo, rel=1e-3)
 
 
-def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one(built: Path, one_adamw: Path, tmp_path: Path) -> None:
     """AdamW (fp32 throughout): the same curves to 1e-4, and checkpoints that move between
     process counts."""
-    one = untrained_copy(built, tmp_path / "one", optimizer="adamw")
-    run(["python", "stages/train.py"], one)
-    repo = two_process_copy(built, tmp_path / "ddp", "ddp", optimizer="adamw")
-    proc = run(["python", "stages/train.py"], repo)
-    assert "starting from step 0" in proc.stdout and "2 processes, ddp" in proc.stdout
-    assert_same_curves(one, repo)
+    repo = train_two(built, tmp_path / "ddp", "ddp", optimizer="adamw")
+    assert_same_curves(one_adamw, repo)
     two = trained_weights(repo)
 
     # resume the 2-process run's step-4 checkpoint with 1 process and the same global batch
@@ -97,17 +108,13 @@ def test_two_processes_match_one(built: Path, tmp_path: Path) -> None:
     assert "(written by other params or data)" in proc.stderr
 
 
-def test_fsdp_matches_one_process_and_resumes(built: Path, tmp_path: Path) -> None:
+def test_fsdp_matches_one_process_and_resumes(built: Path, one_adamw: Path, tmp_path: Path) -> None:
     """FSDP shards weights, gradients and AdamW state over the two ranks: the same curves
     as one process, a trained model saved unsharded, and checkpoints that resume. (Muon,
     which needs whole matrices, is refused under FSDP: AdamW here, on both sides.)"""
-    one = untrained_copy(built, tmp_path / "one", optimizer="adamw")
-    run(["python", "stages/train.py"], one)
-    repo = two_process_copy(built, tmp_path / "fsdp", "fsdp", optimizer="adamw")
-    proc = run(["python", "stages/train.py"], repo)
-    assert "starting from step 0" in proc.stdout and "2 processes, fsdp" in proc.stdout
-    assert_same_curves(one, repo)
-    ours, single = trained_weights(repo), trained_weights(one)
+    repo = train_two(built, tmp_path / "fsdp", "fsdp", optimizer="adamw")
+    assert_same_curves(one_adamw, repo)
+    ours, single = trained_weights(repo), trained_weights(one_adamw)
     assert ours.keys() == single.keys()
     for name, w in single.items():
         assert torch.allclose(ours[name], w, atol=1e-5), name

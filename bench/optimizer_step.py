@@ -1,0 +1,126 @@
+"""What Muon costs per step, side by side with AdamW, on params.yaml's model.
+
+The compiled forward + backward + clipping of one batch (the same whichever optimizer
+steps), and each optimizer's step, medians over the timed steps after warm-up ones. Then
+Muon's Newton-Schulz iterations over the same hidden matrices as `torch.optim.Muon` runs them
+(one matrix at a time) and stacked by shape (one batched iteration per shape), both in bf16
+as torch's: what batching would save. Timing is on random tokens; the costs do not depend
+on what the tokens say.
+
+    .venv/bin/python bench/optimizer_step.py            # the default model, ~2 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from common import REPO, load_params, override, random_tokens
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+
+from codexlm.errors import run_stage
+from codexlm.loss import CausalLMLoss
+from codexlm.model import build_model
+from codexlm.optim import build_optimizer, hidden_matrices
+
+NS = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
+
+
+def median_ms(fn: Callable[[], object], warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def stacked_newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """torch's iteration on a stack of same-shape matrices (wide: rows <= columns)."""
+    a, b, c = NS
+    x = g.bfloat16()
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (after 5 warm-up)")
+    ap.add_argument("--vocab", type=int, default=0, help="0: tokenizer.vocab_size")
+    s = ap.parse_args()
+    p = load_params(s.params)
+    vocab = s.vocab or p.tokenizer.vocab_size
+    batch, context = p.train.batch_size, p.model.context
+    ids = torch.from_numpy(random_tokens(vocab, batch * context, p.seed).astype("int64"))
+    x = ids.view(batch, context)
+    print(f"optimizer_step: {torch.get_num_threads()} threads, batch {batch} x {context}")
+    model = build_model(p.model, vocab, 0, 0, p.seed)
+    loss_fn = torch.compile(CausalLMLoss(model))
+    params = [q for q in model.parameters() if q.requires_grad]
+
+    def backward() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(x, x).backward()
+        torch.nn.utils.clip_grad_norm_(params, p.train.grad_clip)
+
+    # the same forward and backward whichever optimizer steps: timed once
+    forward_backward = median_ms(backward, 5, s.steps)
+    optimizer = {}
+    for name in ("adamw", "muon"):
+        opt = build_optimizer(model, override(p.train, optimizer=name))
+        optimizer[name] = median_ms(opt.step, 5, s.steps)  # on the last backward's gradients
+    hidden = [q.detach() for q in hidden_matrices(model)]
+    wide = [g if g.shape[0] <= g.shape[1] else g.T for g in hidden]
+    shapes: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for g in wide:
+        shapes.setdefault(tuple(g.shape), []).append(g)
+    stacks = [torch.stack(gs) for gs in shapes.values()]
+
+    def one_at_a_time() -> None:
+        for g in hidden:
+            _zeropower_via_newtonschulz(g, NS, 5, 1e-7)
+
+    def stacked() -> None:
+        for st in stacks:
+            stacked_newton_schulz(st)
+
+    # the same iteration both ways: stacked agrees with torch's to bf16's rounding
+    first = shapes[next(iter(shapes))]
+    ours = stacked_newton_schulz(torch.stack(first)).float()
+    theirs = torch.stack([_zeropower_via_newtonschulz(g, NS, 5, 1e-7) for g in first]).float()
+    ns = {
+        "max_abs_diff": (ours - theirs).abs().max().item(),
+        "matrices": len(hidden),
+        "shapes": len(stacks),
+        "one_at_a_time_ms": median_ms(one_at_a_time, 3, s.steps),
+        "stacked_ms": median_ms(stacked, 3, s.steps),
+    }
+    step_ratio = (forward_backward + optimizer["muon"]) / (forward_backward + optimizer["adamw"])
+    print(f"forward+backward+clip {forward_backward:.1f} ms")
+    for name, ms in optimizer.items():
+        print(f"{name} step {ms:.1f} ms")
+    print(f"a step with muon / with adamw: {step_ratio:.3f}")
+    print(
+        f"newton-schulz, {ns['matrices']} matrices: one at a time {ns['one_at_a_time_ms']:.1f} "
+        f"ms, stacked in {ns['shapes']} shapes {ns['stacked_ms']:.1f} ms "
+        f"({ns['one_at_a_time_ms'] / ns['stacked_ms']:.2f}x)"
+    )
+    summary = {"forward_backward_ms": forward_backward, "optimizer_ms": optimizer}
+    print(json.dumps({**summary, "step_ratio": step_ratio, "newton_schulz": ns}))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    run_stage(main)
