@@ -1,11 +1,13 @@
-"""What Muon costs per step, side by side with AdamW, on params.yaml's model.
+"""What Muon costs per step, side by side with AdamW and with `torch.optim.Muon`, on
+params.yaml's model.
 
 The compiled forward + backward + clipping of one batch (the same whichever optimizer
-steps), and each optimizer's step, medians over the timed steps after warm-up ones. Then
-Muon's Newton-Schulz iterations over the same hidden matrices as `torch.optim.Muon` runs them
-(one matrix at a time) and stacked by shape (one batched iteration per shape), both in bf16
-as torch's: what batching would save. Timing is on random tokens; the costs do not depend
-on what the tokens say.
+steps), and each optimizer's step, medians over the timed steps after warm-up ones: AdamW,
+this project's Muon (`codexlm.optim.Muon` for the hidden matrices, AdamW for the rest) and
+the same with `torch.optim.Muon`. Then the Newton-Schulz iterations alone over the hidden
+matrices, as torch runs them (one matrix at a time) and as `codexlm.optim` does (stacked by
+shape, one batched iteration per shape), both in bf16. Timing is on random tokens; the
+costs do not depend on what the tokens say.
 
     .venv/bin/python bench/optimizer_step.py            # the default model, ~2 min on 2 cores
 """
@@ -22,14 +24,18 @@ from pathlib import Path
 
 import torch
 from common import REPO, load_params, override, random_tokens
-from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+from torch.optim._muon import _zeropower_via_newtonschulz
 
 from codexlm.errors import run_stage
 from codexlm.loss import CausalLMLoss
 from codexlm.model import build_model
-from codexlm.optim import build_optimizer, hidden_matrices
-
-NS = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
+from codexlm.optim import (
+    NS_COEFFICIENTS,
+    MuonAdamW,
+    build_optimizer,
+    hidden_matrices,
+    orthogonalise,
+)
 
 
 def median_ms(fn: Callable[[], object], warmup: int, steps: int) -> float:
@@ -41,17 +47,6 @@ def median_ms(fn: Callable[[], object], warmup: int, steps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
-
-
-def stacked_newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """torch's iteration on a stack of same-shape matrices (wide: rows <= columns)."""
-    a, b, c = NS
-    x = g.bfloat16()
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x
 
 
 def main() -> None:
@@ -81,6 +76,14 @@ def main() -> None:
     for name in ("adamw", "muon"):
         opt = build_optimizer(model, override(p.train, optimizer=name))
         optimizer[name] = median_ms(opt.step, 5, s.steps)  # on the last backward's gradients
+    assert isinstance(opt, MuonAdamW)
+    theirs = torch.optim.Muon(
+        [q for g in opt.muon.param_groups for q in g["params"]],
+        lr=p.train.lr,
+        weight_decay=p.train.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    optimizer["torch muon"] = median_ms(MuonAdamW(theirs, opt.rest).step, 5, s.steps)
     hidden = [q.detach() for q in hidden_matrices(model)]
     wide = [g if g.shape[0] <= g.shape[1] else g.T for g in hidden]
     shapes: dict[tuple[int, ...], list[torch.Tensor]] = {}
@@ -90,16 +93,18 @@ def main() -> None:
 
     def one_at_a_time() -> None:
         for g in hidden:
-            _zeropower_via_newtonschulz(g, NS, 5, 1e-7)
+            _zeropower_via_newtonschulz(g, NS_COEFFICIENTS, 5, 1e-7)
 
     def stacked() -> None:
         for st in stacks:
-            stacked_newton_schulz(st)
+            orthogonalise(st)
 
     # the same iteration both ways: stacked agrees with torch's to bf16's rounding
     first = shapes[next(iter(shapes))]
-    ours = stacked_newton_schulz(torch.stack(first)).float()
-    theirs = torch.stack([_zeropower_via_newtonschulz(g, NS, 5, 1e-7) for g in first]).float()
+    ours = orthogonalise(torch.stack(first)).float()
+    theirs = torch.stack(
+        [_zeropower_via_newtonschulz(g, NS_COEFFICIENTS, 5, 1e-7) for g in first]
+    ).float()
     ns = {
         "max_abs_diff": (ours - theirs).abs().max().item(),
         "matrices": len(hidden),
@@ -107,11 +112,18 @@ def main() -> None:
         "one_at_a_time_ms": median_ms(one_at_a_time, 3, s.steps),
         "stacked_ms": median_ms(stacked, 3, s.steps),
     }
-    step_ratio = (forward_backward + optimizer["muon"]) / (forward_backward + optimizer["adamw"])
+
+    def ratio(name: str) -> float:
+        return (forward_backward + optimizer[name]) / (forward_backward + optimizer["adamw"])
+
+    step_ratio = ratio("muon")
     print(f"forward+backward+clip {forward_backward:.1f} ms")
     for name, ms in optimizer.items():
         print(f"{name} step {ms:.1f} ms")
-    print(f"a step with muon / with adamw: {step_ratio:.3f}")
+    print(
+        f"a step with muon / with adamw: {step_ratio:.3f} "
+        f"(with torch.optim.Muon: {ratio('torch muon'):.3f})"
+    )
     print(
         f"newton-schulz, {ns['matrices']} matrices: one at a time {ns['one_at_a_time_ms']:.1f} "
         f"ms, stacked in {ns['shapes']} shapes {ns['stacked_ms']:.1f} ms "

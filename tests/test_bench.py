@@ -102,14 +102,15 @@ def test_loss_memory_reports_both_variants() -> None:
     assert full["added_peak_mb"] > 0 and chunked["added_peak_mb"] > 0
 
 
-def test_optimizer_step_times_both_optimizers_and_both_iterations(tmp_path: Path) -> None:
+def test_optimizer_step_times_the_optimizers_and_both_iterations(tmp_path: Path) -> None:
     p = tiny_params("stdlib")  # llama, 1 layer of width 32
     write_params(tmp_path, p)
     cmd = [sys.executable, "bench/optimizer_step.py", "--params", str(tmp_path / "params.yaml")]
     summary = json.loads(
         run([*cmd, "--vocab", "256", "--steps", "2"], cwd=ROOT).stdout.splitlines()[-1]
     )
-    assert summary["forward_backward_ms"] > 0 and set(summary["optimizer_ms"]) == {"adamw", "muon"}
+    assert summary["forward_backward_ms"] > 0
+    assert set(summary["optimizer_ms"]) == {"adamw", "muon", "torch muon"}
     ns = summary["newton_schulz"]
     # q, k, v, o, gate, up, down per layer; square and (transposed) 3x-wide: two stacks
     assert ns["matrices"] == 7 * p["model"]["n_layer"] and ns["shapes"] == 2

@@ -95,6 +95,32 @@ def test_embed_lr_scale_multiplies_the_lr_of_all_but_the_hidden_matrices(optimiz
         assert ratio == pytest.approx(1.0 if name in hidden else 4.0, rel=1e-4), name
 
 
+def test_muon_is_torchs_muon_with_the_iterations_stacked_by_shape() -> None:
+    """`optim.Muon` against `torch.optim.Muon(adjust_lr_fn="match_rms_adamw")`, three steps
+    on matrices of several shapes (tall ones orthogonalised transposed, stacked with the wide
+    ones of their shape): the same momentum to the bit, the same moves to bf16's rounding
+    (the batched and the single matmuls round differently, and the iteration amplifies it)."""
+    torch.manual_seed(0)
+    shapes = [(16, 48), (48, 16), (16, 48), (32, 32), (32, 32), (8, 24)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    a = optim.Muon([{"params": ours}], lr=0.02, weight_decay=0.1)
+    b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q, s in zip(ours, theirs, start, strict=True):
+        assert torch.equal(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
+        moved, expected = (p - s).detach(), (q - s).detach()
+        assert ((moved - expected).norm() / expected.norm()).item() < 1e-2, p.shape
+    with pytest.raises(ValueError, match="2-D"):
+        optim.Muon([{"params": [torch.nn.Parameter(torch.zeros(4))]}], lr=0.02, weight_decay=0)
+
+
 def test_muon_state_round_trips_through_a_checkpoint_dict() -> None:
     model = build_model(model_args(n_layer=1, d_model=32, context=16), 64, 0, 1, 0)
     cfg = train_args(optimizer="muon")
