@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -141,6 +142,7 @@ class Clock:
         self.last = time.perf_counter()
         self.train_s = 0.0
         self.first_s: float | None = None  # the first step's, compiling included
+        self.later_s: list[float] = []  # each later step's
         self.val: list[tuple[int, float]] = []
 
     def on_start(self, info: Any) -> None:
@@ -151,6 +153,8 @@ class Clock:
         self.train_s += now - self.last
         if self.first_s is None:
             self.first_s = now - self.last
+        else:
+            self.later_s.append(now - self.last)
         self.last = now
 
     def on_validate(self, step: int, loss: float) -> None:
@@ -194,6 +198,10 @@ def run_one(
     p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data, eval_every: int, test: bool = True
 ) -> dict[str, Any]:
     meta, token_dir = data.get(vocab)
+    # every run compiles its own graph, as the train stage does: a graph compiled for an
+    # earlier run's shapes would otherwise be recompiled with dynamic shapes (slower
+    # kernels), or reused (its compiling not counted)
+    torch._dynamo.reset()
     model = build_model(model_cfg, meta["vocab_size"], meta["eot_id"], meta["pad_id"], p.seed)
     train_cfg = override(
         cfg,
@@ -226,6 +234,7 @@ def run_one(
         "tokens": cfg.steps * per_step,
         "train_s": clock.train_s,
         "first_s": clock.first_s,
+        "step_s": statistics.median(clock.later_s) if clock.later_s else clock.first_s,
         "val_bpb": curve[-1][1],
         "curve": curve,
     }
@@ -265,9 +274,10 @@ PROBE_STEPS = 30
 
 
 def step_costs(run: dict[str, Any]) -> tuple[float, float]:
-    """(seconds of the first step, compiling included; seconds per later step) of a run."""
-    later = (run["train_s"] - run["first_s"]) / max(1, run["steps"] - 1)
-    return run["first_s"], later
+    """(seconds of the first step, compiling included; the median later step's) of a run.
+    Medians: a shared machine's bursts of load (the baseline's train s varied by 8% between
+    runs) move a total, not the typical step."""
+    return run["first_s"], run["step_s"]
 
 
 def probe(p: Any, vocab: int, model_cfg: Any, cfg: Any, data: Data) -> dict[str, Any]:
@@ -300,10 +310,12 @@ def main() -> None:
             first, per_step = step_costs(own or probe(p, vocab, model_cfg, cfg, data))
             # the steps whose training time (the first step's compiling included) is the
             # baseline's, so the schedule still ends at its end
-            steps = max(1, 1 + round((base["train_s"] - first) / per_step))
-            # within 5%, the token run stands for the time run: closer than the run-to-run
-            # noise of a shared machine's step times (the baseline's train s varied by 8%)
-            if own is not None and abs(steps - own["steps"]) <= 0.05 * own["steps"]:
+            base_first, base_step = step_costs(base)
+            budget_s = base_first + (base["steps"] - 1) * base_step
+            steps = max(1, 1 + round((budget_s - first) / per_step))
+            # within 1% (a 0.15% change in bits per byte near the default), the token run
+            # stands for the time run
+            if own is not None and abs(steps - own["steps"]) <= 0.01 * own["steps"]:
                 results[name]["time"] = own
                 continue
             print(f"speedrun: {name}: {steps} steps (time budget)", file=sys.stderr)
