@@ -31,7 +31,7 @@ MODEL = types.SimpleNamespace(arch="llama", n_layer=2, n_head=4, d_model=64, dro
 MODEL.context = CONTEXT
 TRAIN = dict(steps=STEPS, batch_size=8, grad_accum=2, lr=6e-3, min_lr=3e-4, warmup_steps=2)
 TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4, embed_lr_scale=3.0)  # default
-TRAIN.update(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="auto")
+TRAIN.update(weight_decay=0.1, beta1=0.8, beta2=0.99, grad_clip=1.0, precision="auto")
 TRAIN.update(eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4, keep_checkpoints=3)
 TRAIN.update(resume="auto", final="last", max_bad_steps=3, strategy="ddp")
 

@@ -50,12 +50,16 @@ OLD_DEFAULT: dict[str, Any] = {
     "train.schedule": "cosine",
     "train.warmup_steps": 40,
     "train.embed_lr_scale": 1.0,
+    "train.beta1": 0.9,
+    "train.beta2": 0.95,
 }
 
 # The record log's rows: each adds a lever to the row before it (on top of OLD_DEFAULT).
 MUON = {"train.optimizer": "muon"}
 WSD = {**MUON, "train.schedule": "wsd"}
 TUNED = {**WSD, "train.lr": 6e-3, "train.decay_fraction": 0.4}
+EMBED = {**TUNED, "train.embed_lr_scale": 3.0}
+BETAS = {**EMBED, "train.beta1": 0.8, "train.beta2": 0.99}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "baseline": {},
     "muon": MUON,
@@ -64,7 +68,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "+vocab 2048": {**TUNED, "tokenizer.vocab_size": 2048},
     "+batch 16": {**TUNED, "train.batch_size": 16},
     "+context 256": {**TUNED, "model.context": 256, "train.batch_size": 16},
-    "+embed lr x3": {**TUNED, "train.embed_lr_scale": 3.0},
+    "+embed lr x3": EMBED,
+    "+betas 0.8, 0.99": BETAS,
+    "+batch 24": {**BETAS, "train.batch_size": 24},  # the default (params.yaml)
 }
 
 
