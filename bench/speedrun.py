@@ -69,7 +69,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "+batch 16": {**TUNED, "train.batch_size": 16},
     "+context 256": {**TUNED, "model.context": 256, "train.batch_size": 16},
     "+embed lr x3": EMBED,
-    "+betas 0.8, 0.99": BETAS,
+    "+betas 0.8/0.99": BETAS,
     "+batch 24": {**BETAS, "train.batch_size": 24},  # the default (params.yaml)
 }
 
