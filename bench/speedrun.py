@@ -5,7 +5,9 @@ same wall-clock budget as the baseline (the old default), each to its schedule's
 Per candidate and budget: final validation bits per byte, test bits per byte (the evaluate
 stage's exact rule, whole test split), and tokens to target: the tokens seen at the first
 validation whose loss is at most the baseline's final one (bits per byte, so a candidate with
-another vocabulary compares too). Training seconds exclude validation, include compiling.
+another vocabulary compares too). Training seconds exclude validation, include compiling:
+every run compiles its own graph, as the train stage does, and the time budget comes from
+median step times.
 
 Needs the tokenize stage's outputs (`dvc repro tokenize`); a candidate with another
 `tokenizer.vocab_size` gets its own tokenizer and token files in a temporary folder.
