@@ -35,6 +35,7 @@ from codexlm.optim import (
     build_optimizer,
     hidden_matrices,
     orthogonalise,
+    wide,
 )
 
 
@@ -85,9 +86,8 @@ def main() -> None:
     )
     optimizer["torch muon"] = median_ms(MuonAdamW(theirs, opt.rest).step, 5, s.steps)
     hidden = [q.detach() for q in hidden_matrices(model)]
-    wide = [g if g.shape[0] <= g.shape[1] else g.T for g in hidden]
     shapes: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for g in wide:
+    for g in map(wide, hidden):  # tall ones transposed, as codexlm.optim.Muon stacks them
         shapes.setdefault(tuple(g.shape), []).append(g)
     stacks = [torch.stack(gs) for gs in shapes.values()]
 

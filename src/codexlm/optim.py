@@ -72,6 +72,13 @@ def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> 
     return x
 
 
+def wide(m: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """`m` transposed if `like` (default: `m` itself) is tall: a tall matrix goes into the
+    iteration wide, and its wide result comes back tall."""
+    ref = m if like is None else like
+    return m.mT if ref.shape[0] > ref.shape[1] else m
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D matrices, one group option besides lr and weight decay: `momentum`.
     State: one `momentum_buffer` per matrix, as torch's."""
@@ -90,9 +97,10 @@ class Muon(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            bufs = [
-                self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params
-            ]
+            for p in params:  # once: a setdefault would allocate a buffer every step
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
             momentum, lr = group["momentum"], group["lr"]
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, bufs, momentum)  # Nesterov
@@ -102,15 +110,10 @@ class Muon(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 by_shape.setdefault(tuple(sorted(p.shape)), []).append(i)
             for (_, cols), members in by_shape.items():
-                wide = [
-                    u if u.shape[0] <= u.shape[1] else u.mT for u in (updates[i] for i in members)
-                ]
-                for i, o in zip(members, orthogonalise(torch.stack(wide)), strict=True):
-                    p = params[i]
+                stack = torch.stack([wide(updates[i]) for i in members])
+                for i, o in zip(members, orthogonalise(stack), strict=True):
                     # match_rms_adamw: an orthogonal update's RMS is 1/sqrt(cols); AdamW's ~0.2
-                    p.add_(
-                        o if p.shape[0] <= p.shape[1] else o.mT, alpha=-lr * 0.2 * math.sqrt(cols)
-                    )
+                    params[i].add_(wide(o, like=params[i]), alpha=-lr * 0.2 * math.sqrt(cols))
 
 
 def hidden_matrices(model: torch.nn.Module) -> set[torch.nn.Parameter]:
