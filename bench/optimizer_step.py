@@ -5,11 +5,16 @@ The compiled forward + backward + clipping of one batch (the same whichever opti
 steps), and each optimizer's step, medians over the timed steps after warm-up ones: AdamW,
 this project's Muon (`codexlm.optim.Muon` for the hidden matrices, AdamW for the rest) and
 the same with `torch.optim.Muon`. Then the Newton-Schulz iterations alone over the hidden
-matrices, as torch runs them (one matrix at a time) and as `codexlm.optim` does (stacked by
-shape, one batched iteration per shape), both in bf16. Timing is on random tokens; the
-costs do not depend on what the tokens say.
+matrices, as torch runs them (one matrix at a time, bf16) and as `codexlm.optim` does
+(stacked by shape, one batched iteration per shape) in bf16 and in fp32, the precision it
+picks on a CPU. Timing is on random tokens; the costs do not depend on what the tokens say.
+The machine line says what the figures are of: on a CPU without native bf16 (AVX2 only)
+bf16 matmuls are emulated and the bf16 rows are 20-100x the fp32 ones.
 
     .venv/bin/python bench/optimizer_step.py            # the default model, ~2 min on 2 cores
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        .venv/bin/python bench/optimizer_step.py
+                                                        # an AVX2-only CPU, on a newer one
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from common import REPO, load_params, override, random_tokens
 from torch.optim._muon import _zeropower_via_newtonschulz
 
+from codexlm import machine
 from codexlm.errors import run_stage
 from codexlm.loss import CausalLMLoss
 from codexlm.model import build_model
@@ -34,6 +40,7 @@ from codexlm.optim import (
     MuonAdamW,
     build_optimizer,
     hidden_matrices,
+    newton_schulz_dtype,
     orthogonalise,
     wide,
 )
@@ -61,7 +68,9 @@ def main() -> None:
     batch, context = p.train.batch_size, p.model.context
     ids = torch.from_numpy(random_tokens(vocab, batch * context, p.seed).astype("int64"))
     x = ids.view(batch, context)
-    print(f"optimizer_step: {torch.get_num_threads()} threads, batch {batch} x {context}")
+    print(machine.line())
+    chosen = newton_schulz_dtype(torch.device("cpu"))
+    print(f"optimizer_step: batch {batch} x {context}; newton-schulz on this device in {chosen}")
     model = build_model(p.model, vocab, 0, 0, p.seed)
     loss_fn = torch.compile(CausalLMLoss(model))
     params = [q for q in model.parameters() if q.requires_grad]
@@ -95,13 +104,12 @@ def main() -> None:
         for g in hidden:
             _zeropower_via_newtonschulz(g, NS_COEFFICIENTS, 5, 1e-7)
 
-    def stacked() -> None:
-        for st in stacks:
-            orthogonalise(st)
+    def stacked(dtype: torch.dtype) -> Callable[[], None]:
+        return lambda: [orthogonalise(st, dtype=dtype) for st in stacks]
 
     # the same iteration both ways: stacked agrees with torch's to bf16's rounding
     first = shapes[next(iter(shapes))]
-    ours = orthogonalise(torch.stack(first)).float()
+    ours = orthogonalise(torch.stack(first), dtype=torch.bfloat16).float()
     theirs = torch.stack(
         [_zeropower_via_newtonschulz(g, NS_COEFFICIENTS, 5, 1e-7) for g in first]
     ).float()
@@ -110,7 +118,8 @@ def main() -> None:
         "matrices": len(hidden),
         "shapes": len(stacks),
         "one_at_a_time_ms": median_ms(one_at_a_time, 3, s.steps),
-        "stacked_ms": median_ms(stacked, 3, s.steps),
+        "stacked_ms": median_ms(stacked(torch.bfloat16), 3, s.steps),
+        "stacked_fp32_ms": median_ms(stacked(torch.float32), 3, s.steps),
     }
 
     def ratio(name: str) -> float:
@@ -125,11 +134,12 @@ def main() -> None:
         f"(with torch.optim.Muon: {ratio('torch muon'):.3f})"
     )
     print(
-        f"newton-schulz, {ns['matrices']} matrices: one at a time {ns['one_at_a_time_ms']:.1f} "
-        f"ms, stacked in {ns['shapes']} shapes {ns['stacked_ms']:.1f} ms "
-        f"({ns['one_at_a_time_ms'] / ns['stacked_ms']:.2f}x)"
+        f"newton-schulz, {ns['matrices']} matrices: one at a time (bf16, torch's) "
+        f"{ns['one_at_a_time_ms']:.1f} ms; stacked in {ns['shapes']} shapes: bf16 "
+        f"{ns['stacked_ms']:.1f} ms, fp32 {ns['stacked_fp32_ms']:.1f} ms"
     )
     summary = {"forward_backward_ms": forward_backward, "optimizer_ms": optimizer}
+    summary |= {"newton_schulz_dtype": str(chosen), "machine": machine.describe()}
     print(json.dumps({**summary, "step_ratio": step_ratio, "newton_schulz": ns}))
     sys.stdout.flush()
 

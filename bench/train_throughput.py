@@ -21,6 +21,7 @@ import torch
 from common import REPO, Timeline, load_params, override, random_tokens, run_train
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from codexlm import machine
 from codexlm.errors import run_stage
 from codexlm.live import LiveLogger
 from codexlm.metrics import mfu
@@ -214,6 +215,7 @@ def main() -> None:
     m, t, cuda = s.model, s.train, s.device.type == "cuda"
     name = torch.cuda.get_device_name(s.device) if cuda else "cpu"
     print(f"device: {name} ({torch.get_num_threads()} threads); torch {torch.__version__}")
+    print(machine.line())  # the CPU's ISA and bf16 support decide its figures: always shown
     if s.checkpoints is not None:
         print(json.dumps({**checkpoint_costs(s), "device": s.device.type}))
         return
@@ -245,7 +247,8 @@ def main() -> None:
     summary = report(s, {n: best[n] for n in s.names}, flops_tok, name)
     model = {**vars(m), "vocab": s.vocab, "params": n_params}
     setup = dict(batch_size=t.batch_size, precision="bf16" if bf16 else "fp32", model=model)
-    print(json.dumps({**summary, "device": s.device.type, "device_name": name, **setup}))
+    where = {"device": s.device.type, "device_name": name, "machine": machine.describe()}
+    print(json.dumps({**summary, **where, **setup}))
 
 
 if __name__ == "__main__":

@@ -14,11 +14,20 @@ from codexlm.errors import run_stage
 STDLIB_MARKER = Path("stdlib")
 
 
+def source_identity(source: str, include: list[str]) -> dict[str, object] | None:
+    """What the source is, for stats.json: the interpreter's library (refused unless
+    ./stdlib records it: DVC sees it only through that file), or an archive's content."""
+    if source == "stdlib":
+        return corpus.check_stdlib_marker(STDLIB_MARKER)
+    if params.is_archive(Path(source)):
+        return corpus.archive_identity(Path(source), include)
+    return None
+
+
 def main() -> None:
     p = params.load().data
     provenance.check_environment()  # after params: their mistakes are the commonest
-    # the default corpus is this interpreter's: refused unless ./stdlib records it
-    identity = corpus.check_stdlib_marker(STDLIB_MARKER) if p.source == "stdlib" else None
+    identity = source_identity(p.source, p.include)
     stats = corpus.prepare(
         source=p.source,
         include=p.include,

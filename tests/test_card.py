@@ -36,14 +36,14 @@ def reload(card: ModelCard, tmp_path: Path) -> ModelCard:
     return ModelCard.load(tmp_path / "README.md")
 
 
-def test_stdlib_card_metadata_round_trips(tmp_path: Path) -> None:
+def test_default_corpus_card_metadata_round_trips(tmp_path: Path) -> None:
     card = reload(model_card(info()), tmp_path)
     data = card.data
     # the Hub's licence list has no PSF id: `other` with its name and link
     assert data.license == "other" and data.license_name == "psf-2.0"
     assert data.license_link.startswith("https://docs.python.org/")
     assert data.language == ["code", "en"]
-    assert data.datasets == ["python-stdlib"]
+    assert data.datasets == ["cpython-3.11.7-lib"]  # the built-in snapshot
     assert data.base_model is None
     results = {r.metric_type: r for r in data.eval_results}
     assert results["bits_per_byte"].metric_value == 1.739408

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from conftest import model_args, train_args
@@ -105,7 +106,8 @@ def test_muon_is_torchs_muon_with_the_iterations_stacked_by_shape() -> None:
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     start = [p.detach().clone() for p in ours]
-    a = optim.Muon([{"params": ours}], lr=0.02, weight_decay=0.1)
+    # torch's iterates in bf16 on any device: ours in bf16 too (on a CPU it defaults to fp32)
+    a = optim.Muon([{"params": ours}], lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16)
     b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     for _ in range(3):
         for p, q in zip(ours, theirs, strict=True):
@@ -119,6 +121,51 @@ def test_muon_is_torchs_muon_with_the_iterations_stacked_by_shape() -> None:
         assert ((moved - expected).norm() / expected.norm()).item() < 1e-2, p.shape
     with pytest.raises(ValueError, match="2-D"):
         optim.Muon([{"params": [torch.nn.Parameter(torch.zeros(4))]}], lr=0.02, weight_decay=0)
+
+
+def test_newton_schulz_runs_in_fp32_on_a_cpu_and_bf16_on_a_gpu() -> None:
+    """bf16 is emulated, 20-100x slower than fp32, on CPUs without AVX512-BF16 or AMX; fp32 is
+    chosen on every CPU (the same arithmetic whatever the CPU's bf16 support)."""
+    assert optim.newton_schulz_dtype(torch.device("cpu")) == torch.float32
+    assert optim.newton_schulz_dtype(torch.device("cuda", 0)) == torch.bfloat16
+    w = torch.nn.Parameter(torch.randn(16, 48))
+    assert optim.Muon([{"params": [w]}], lr=0.02, weight_decay=0).ns_dtype == torch.float32
+    # the fp32 iteration is the bf16 one to bf16's rounding
+    g = torch.randn(3, 16, 48)
+    fp32, bf16 = optim.orthogonalise(g, dtype=torch.float32), optim.orthogonalise(g)
+    assert fp32.dtype == torch.float32
+    assert ((fp32 - bf16.float()).norm() / fp32.norm()).item() < 2e-2
+
+
+def test_the_newton_schulz_precision_is_part_of_the_runs_identity(tmp_path, monkeypatch, capsys):
+    """A checkpoint written with another precision is another run's: not resumed."""
+    from codexlm.train import Run, train
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 64, size=4000).astype(np.uint16)
+    cfg = train_args(
+        optimizer="muon",
+        steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        eval_every=2,
+        eval_batches=1,
+        log_every=1,
+        checkpoint_every=2,
+        compile=False,
+        precision="fp32",
+    )
+
+    def run() -> str:
+        model = build_model(model_args(n_layer=1, d_model=32, n_head=2, context=16), 64, 0, 1, 0)
+        train(model, data[:3000], data[3000:], cfg, Run(0, 16, tmp_path / "ckpt", "fp"))
+        return capsys.readouterr().out
+
+    assert "muon (newton-schulz in float32) + adamw on cpu, autocast off" in run()
+    assert "resuming from" in run()  # the same precision: the finished run is resumed
+    monkeypatch.setattr(optim, "newton_schulz_dtype", lambda device: torch.bfloat16)
+    out = run()
+    assert "newton-schulz in bfloat16" in out and "starting from step 0" in out
 
 
 def test_muon_state_round_trips_through_a_checkpoint_dict() -> None:

@@ -12,6 +12,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 # The standard library's sources are under the Python Software Foundation License, which
 # the Hub's licence list has no id for: `other` with its name and text, as the Hub asks.
+# Both the built-in snapshot (corpus/, whose LICENSE-PSF.txt it is) and `stdlib` are.
+PSF_SOURCES = ("stdlib", "corpus/cpython-3.11.7-lib.tar.xz")
 STDLIB_LICENSE = {
     "license": "other",
     "license_name": "psf-2.0",
@@ -27,15 +29,19 @@ TEST_METRICS = (
 
 
 def license_fields(license: str, source: str) -> dict[str, str]:
-    """`export.license`: "auto" takes the corpus's (PSF-2.0 for the standard library,
-    `unknown` for a corpus of yours); anything else is used as the Hub licence id."""
+    """`export.license`: "auto" takes the corpus's (PSF-2.0 for the standard library and its
+    built-in snapshot, `unknown` for a corpus of yours); anything else is the Hub licence id."""
     if license != "auto":
         return {"license": license}
-    return dict(STDLIB_LICENSE) if source == "stdlib" else {"license": "unknown"}
+    return dict(STDLIB_LICENSE) if source in PSF_SOURCES else {"license": "unknown"}
 
 
 def dataset_name(source: str) -> str:
-    return "python-stdlib" if source == "stdlib" else source.rstrip("/").rsplit("/", 1)[-1]
+    if source == "stdlib":
+        return "python-stdlib"
+    if source == PSF_SOURCES[1]:
+        return "cpython-3.11.7-lib"
+    return source.rstrip("/").rsplit("/", 1)[-1]
 
 
 def card_data(

@@ -177,6 +177,7 @@ IDENTITY_PARTS = {
     "params": "other params or data",
     "code": "other code",
     "packages": "other packages",
+    "arithmetic": "other precisions",
 }
 
 

@@ -27,6 +27,7 @@ import os
 import platform
 import stat
 import sysconfig
+import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -42,10 +43,14 @@ from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
 from codexlm.errors import UserError
+from codexlm.params import TABLE_EXTS, is_archive
 from codexlm.scrub import scrub
 
 SPLITS = ("train", "val", "test")
-TABLE_EXTS = (".jsonl", ".csv", ".parquet")
+# The built-in default corpus: CPython 3.11.7's standard-library .py sources (tests excluded),
+# a fixed archive in the repository, so that the default data is the same bytes on every
+# machine and interpreter (corpus/README.md: why a snapshot, and how it was made).
+SNAPSHOT = "corpus/cpython-3.11.7-lib.tar.xz"
 SCHEMA = pa.schema([("name", pa.string()), ("text", pa.string())])
 # Standard-library folders that hold test suites, not library code.
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -111,15 +116,32 @@ def _stdlib_files() -> Iterator[Path]:
     return _walk(stdlib_root(), ["**/*.py"], _STDLIB_SKIP)
 
 
+def content_digest(files: Iterator[tuple[str, bytes]]) -> tuple[int, str]:
+    """The number of (name, bytes) files and the sha256 of their names and contents, in
+    order: the same for the standard library read from disk and for its snapshot archive."""
+    h, n = hashlib.sha256(), 0
+    for name, data in files:
+        h.update(name.encode() + b"\0")
+        h.update(hashlib.sha256(data).digest())
+        n += 1
+    return n, h.hexdigest()
+
+
 def stdlib_identity() -> dict[str, object]:
     """What `data.source: stdlib` reads on this interpreter: its version, and the number and
-    sha256 of the standard-library files (names and contents) that are the default corpus."""
-    root, h, n = stdlib_root(), hashlib.sha256(), 0
-    for path in _stdlib_files():
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-        n += 1
-    return {"python": platform.python_version(), "files": n, "sha256": h.hexdigest()}
+    sha256 of the standard-library files (names and contents) that it reads."""
+    root = stdlib_root()
+    files = ((p.relative_to(root).as_posix(), p.read_bytes()) for p in _stdlib_files())
+    n, digest = content_digest(files)
+    return {"python": platform.python_version(), "files": n, "sha256": digest}
+
+
+def archive_identity(path: Path, include: list[str]) -> dict[str, object]:
+    """What an archive source holds for prepare: its name, and the number and content digest
+    of the files that `include` selects (for the snapshot: the standard library's digest)."""
+    files = ((m.name, data) for m, data in _archive_files(path, include))
+    n, digest = content_digest(files)
+    return {"archive": path.name, "files": n, "sha256": digest}
 
 
 def check_stdlib_marker(marker: Path) -> dict[str, object]:
@@ -210,6 +232,27 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
             yield Raw(name, None, f"unreadable:{type(e).__name__}")
 
 
+def _archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+    """The regular files of a tar archive that match `include`, in archive order, read
+    without extracting anything (a member's name never becomes a path on disk)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and any(_glob_match(member.name, p) for p in include):
+                    f = tar.extractfile(member)
+                    yield member, f.read() if f is not None else b""
+    except (tarfile.TarError, EOFError, OSError) as e:  # EOFError: a truncated xz/gz stream
+        raise UserError(f"data.source: {path}: not a readable tar archive ({e})") from None
+
+
+def _read_archive(path: Path, include: list[str], max_bytes: int) -> Iterator[Raw]:
+    for member, data in _archive_files(path, include):
+        # the archive is read whole anyway (a compressed stream); the size rule is the files'
+        yield Raw(member.name, None, "too_long") if member.size > max_bytes else Raw(
+            member.name, data
+        )
+
+
 def _read_jsonl(path: Path, column: str) -> Iterator[Raw]:
     seen_column = False
     with path.open("rb") as f:
@@ -297,7 +340,8 @@ def _is_utf8(text: str) -> bool:
 
 
 def iter_source(source: str, include: list[str], text_column: str, max_chars: int) -> Iterator[Raw]:
-    """Every document of `data.source`: "stdlib", a folder, or a .jsonl/.csv/.parquet file."""
+    """Every document of `data.source`: "stdlib", a folder, a tar archive (files matching
+    `include`, in archive order), or a .jsonl/.csv/.parquet file."""
     max_bytes = 4 * max_chars  # a UTF-8 character is at most 4 bytes
     if source == "stdlib":
         yield from _read_files(stdlib_root(), _stdlib_files(), max_bytes)
@@ -309,12 +353,17 @@ def iter_source(source: str, include: list[str], text_column: str, max_chars: in
         )
     if path.is_dir():
         yield from _read_files(path, _walk(path, include), max_bytes)
+    elif is_archive(path):
+        yield from _read_archive(path, include, max_bytes)
     elif path.suffix == ".jsonl":
         yield from _read_jsonl(path, text_column)
     elif path.suffix in (".csv", ".parquet"):
         yield from _read_table(path, text_column)
     else:
-        raise UserError(f"data.source: {source!r} is not a folder or a {'/'.join(TABLE_EXTS)} file")
+        raise UserError(
+            f"data.source: {source!r} is not a folder, a tar archive or a "
+            f"{'/'.join(TABLE_EXTS)} file"
+        )
 
 
 # ---------------------------------------------------------------- cleaning

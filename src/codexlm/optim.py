@@ -8,10 +8,11 @@ scaled to AdamW's size (Moonshot's "Muon is scalable", 2025), so `train.lr` and
 `train.weight_decay` mean the same for both halves.
 
 `Muon` below is `torch.optim.Muon`'s update with `adjust_lr_fn="match_rms_adamw"` (same
-coefficients, bf16 iterations, Nesterov momentum, decoupled weight decay; a test holds them
-equal), except that the iterations of all same-shape matrices run as one batched iteration
-instead of one matrix at a time: a model's hidden matrices come in a few shapes, and on
-small matrices the per-call cost dominates (`bench/optimizer_step.py`: 2x faster).
+coefficients, Nesterov momentum, decoupled weight decay; a test holds them equal), except
+that the iterations of all same-shape matrices run as one batched iteration instead of one
+matrix at a time (a model's hidden matrices come in a few shapes, and on small matrices the
+per-call cost dominates), and that they run in the precision that is fast where they run:
+bf16 on GPUs, as torch's, and fp32 on CPUs (`newton_schulz_dtype`).
 """
 
 from __future__ import annotations
@@ -60,11 +61,26 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 
 
-def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
-    """Newton-Schulz on a stack of same-shape wide matrices (batch, rows <= columns), in bf16:
-    about U V^T of each (singular values pushed into ~[0.7, 1.2], which trains as well)."""
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU, fp32 on every CPU. A CPU without native bf16 (AVX2 only: no AVX512-BF16
+    or AMX) emulates a bf16 matmul about 20-100x slower than fp32 (an AMD EPYC: 5 iterations
+    over the default's 28 matrices 1,645 ms against 149 ms; bench/RESULTS.md); on one with
+    AMX, fp32 costs ~10 ms a step more than bf16. fp32 everywhere on CPU also makes the
+    iteration's arithmetic the same whatever the CPU's bf16 support."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def orthogonalise(
+    g: torch.Tensor,
+    steps: int = NS_STEPS,
+    eps: float = 1e-7,
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Newton-Schulz on a stack of same-shape wide matrices (batch, rows <= columns), in
+    `dtype`: about U V^T of each (singular values pushed into ~[0.7, 1.2], which trains as
+    well)."""
     a, b, c = NS_COEFFICIENTS
-    x = g.bfloat16()
+    x = g.to(dtype)
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
     for _ in range(steps):
         gram = x @ x.mT
@@ -81,14 +97,24 @@ def wide(m: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
 
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D matrices, one group option besides lr and weight decay: `momentum`.
-    State: one `momentum_buffer` per matrix, as torch's."""
+    State: one `momentum_buffer` per matrix, as torch's. `ns_dtype`: the Newton-Schulz
+    precision (the default: `newton_schulz_dtype` of the matrices' device)."""
 
     def __init__(
-        self, params: list[dict[str, Any]], lr: float, weight_decay: float, momentum: float = 0.95
+        self,
+        params: list[dict[str, Any]],
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.95,
+        ns_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
         if any(p.ndim != 2 for g in self.param_groups for p in g["params"]):
             raise ValueError("Muon is for 2-D matrices only")
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        device = first.device if first is not None else torch.device("cpu")
+        # not a group option: the state dict stays plain tensors and numbers
+        self.ns_dtype = ns_dtype or newton_schulz_dtype(device)
 
     @torch.no_grad()
     def step(self) -> None:  # type: ignore[override]  # no closure: the loop has none
@@ -111,7 +137,7 @@ class Muon(torch.optim.Optimizer):
                 by_shape.setdefault(tuple(sorted(p.shape)), []).append(i)
             for (_, cols), members in by_shape.items():
                 stack = torch.stack([wide(updates[i]) for i in members])
-                for i, o in zip(members, orthogonalise(stack), strict=True):
+                for i, o in zip(members, orthogonalise(stack, dtype=self.ns_dtype), strict=True):
                     # match_rms_adamw: an orthogonal update's RMS is 1/sqrt(cols); AdamW's ~0.2
                     params[i].add_(wide(o, like=params[i]), alpha=-lr * 0.2 * math.sqrt(cols))
 

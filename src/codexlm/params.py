@@ -19,6 +19,11 @@ from codexlm.errors import UserError
 
 PARAMS_FILE = "params.yaml"
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")  # the table formats prepare reads
+ARCHIVE_EXTS = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # and the archives
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_EXTS)
 # numpy's and torch's generators take a 32-bit seed
 MAX_SEED = 2**32 - 1
 
@@ -106,9 +111,10 @@ class Data(_Block):
             raise ValueError(
                 f"data.source: {self.source!r} does not exist (use 'stdlib', a folder or a file)"
             )
-        if not path.is_dir() and path.suffix not in TABLE_EXTS:
+        if not path.is_dir() and path.suffix not in TABLE_EXTS and not is_archive(path):
             raise ValueError(
-                f"data.source: {self.source!r} is not a folder or a {'/'.join(TABLE_EXTS)} file"
+                f"data.source: {self.source!r} is not a folder, a tar archive "
+                f"({'/'.join(ARCHIVE_EXTS)}) or a {'/'.join(TABLE_EXTS)} file"
             )
         return self
 

@@ -402,11 +402,25 @@ def device_name(d: Dist) -> str:
     return torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
 
 
+def arithmetic(parts: Parts) -> dict[str, str]:
+    """The precisions chosen at setup for this device: they change the arithmetic, so they
+    are part of a run's identity (a checkpoint of other precisions is another run's)."""
+    muon = parts.opt.muon.ns_dtype if isinstance(parts.opt, MuonAdamW) else None
+    return {
+        "autocast": str(parts.amp).removeprefix("torch.") if parts.amp else "off",
+        "newton_schulz": str(muon).removeprefix("torch.") if muon else "none",
+    }
+
+
 def announce(
-    ckpt: checkpoint.Checkpoint | None, loop: LoopState, mode: str, steps: int, d: Dist
+    ckpt: checkpoint.Checkpoint | None, loop: LoopState, parts: Parts, cfg: TrainArgs, d: Dist
 ) -> None:
     if not d.main:
         return
+    steps, mode, how = cfg.steps, parts.mode, arithmetic(parts)
+    muon = how["newton_schulz"] != "none"
+    ns = f"muon (newton-schulz in {how['newton_schulz']}) + adamw" if muon else "adamw"
+    print(f"train: {ns} on {d.device.type}, autocast {how['autocast']}")
     if ckpt is not None:
         print(f"train: resuming from {ckpt.path} (step {loop.step} of {steps})")
     else:
@@ -450,6 +464,7 @@ def train(
             "params": run.fingerprint,
             "code": provenance.code_digest(),
             "packages": checkpoint.fingerprint(provenance.package_versions()),
+            "arithmetic": ", ".join(f"{k} {v}" for k, v in arithmetic(parts).items()),
         },
         every=cfg.checkpoint_every,
         keep=cfg.keep_checkpoints,
@@ -461,7 +476,7 @@ def train(
     ckpt = checkpointer.restore(policy, parts.raw, parts.opt, parts.mode, d)
     if ckpt is not None:
         loop.load_state_dict(ckpt.state["loop"])
-    announce(ckpt, loop, parts.mode, cfg.steps, d)
+    announce(ckpt, loop, parts, cfg, d)
     wrap(parts, cfg, d)
     reporters = callbacks if d.main else ()
     emit(reporters, "on_start", start_info(parts, loop, cfg, ckpt is not None))
