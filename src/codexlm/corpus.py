@@ -248,8 +248,10 @@ def _archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.Tar
 def _read_archive(path: Path, include: list[str], max_bytes: int) -> Iterator[Raw]:
     for member, data in _archive_files(path, include):
         # the archive is read whole anyway (a compressed stream); the size rule is the files'
-        yield Raw(member.name, None, "too_long") if member.size > max_bytes else Raw(
-            member.name, data
+        yield (
+            Raw(member.name, None, "too_long")
+            if member.size > max_bytes
+            else Raw(member.name, data)
         )
 
 

@@ -24,6 +24,8 @@ ARCHIVE_EXTS = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # and the arc
 
 def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_EXTS)
+
+
 # numpy's and torch's generators take a 32-bit seed
 MAX_SEED = 2**32 - 1
 
