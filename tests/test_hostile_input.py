@@ -397,7 +397,12 @@ def test_failed_stage_says_how_to_restore_what_dvc_removed(prepared_repo: Path) 
         ("train", "dvc removed models/trained, reports/train before running stage 'train'"),
         ("tokenize", "dvc removed data/tokens, models/tokenizer before"),
         ("evaluate", None),  # cache: false, so there is nothing to check out
-        ("export", "`dvc checkout export` restores"),
+        # a lock whose outputs are in no local cache (a fresh clone): nothing to restore
+        (
+            "export",
+            "dvc removed models/export before running stage 'export'; no copy is in "
+            "the local cache, so `dvc repro` recomputes it",
+        ),
     ],
 )
 def test_restore_hint_names_what_checkout_can_restore(

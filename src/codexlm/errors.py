@@ -47,10 +47,21 @@ def restore_hint() -> str | None:
     ]
     if not cached:
         return None
-    return (
-        f"dvc removed {', '.join(cached)} before running stage {stage!r}; "
-        f"`dvc checkout {stage}` restores the previous version from the cache"
-    )
+    removed = f"dvc removed {', '.join(cached)} before running stage {stage!r}"
+    if all(_in_cache(root, recorded[name], out) for out in cached):
+        return f"{removed}; `dvc checkout {stage}` restores the previous version from the cache"
+    # a fresh clone has a dvc.lock but no cache: nothing to restore, the stage recomputes it
+    return f"{removed}; no copy is in the local cache, so `dvc repro` recomputes it"
+
+
+def _in_cache(root: Path, locked: dict, out: str) -> bool:
+    """Whether the local DVC cache holds the version of `out` that dvc.lock records (for a
+    folder, its listing: DVC's own checkout says which files, if any, are missing)."""
+    entry = next((o for o in locked.get("outs", []) if o.get("path") == out), None)
+    md5 = entry.get("md5") if isinstance(entry, dict) else None
+    if not isinstance(md5, str) or len(md5) < 3:
+        return False
+    return (root / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file()
 
 
 def run_stage(main: Callable[[], None]) -> None:
