@@ -175,7 +175,7 @@ def test_mismatch_is_one_line_from_the_stage(built: Path, tmp_path: Path) -> Non
     shutil.rmtree(repo / "reports/evaluate")
     table = pq.read_table(repo / "data/prepared/test.parquet")
     pq.write_table(table.slice(0, table.num_rows - 1), repo / "data/prepared/test.parquet")
-    proc = run(["python", "stages/evaluate.py"], repo, check=False)
+    proc = run(["python", "stages/evaluate_stage.py"], repo, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len([ln for ln in lines if ln.startswith("error:")]) == 1
