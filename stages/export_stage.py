@@ -9,54 +9,32 @@ from pathlib import Path
 # points at another checkout (`dvc exp run --temp`/`--queue` copies, a clone beside it).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import json
-
-import yaml
 
 from codexlm import params, provenance
-from codexlm.card import model_card
-from codexlm.errors import UserError, run_stage
-from codexlm.export import ParityError, export, lineage
+from codexlm.card import pipeline_card
+from codexlm.errors import run_stage
+from codexlm.export import ParityError, check_gguf, export
 from codexlm.gguf_export import file_name as gguf_file_name
-from codexlm.gguf_export import unsupported as gguf_unsupported
 
-PROVENANCE = ("data/prepared", "data/tokens", "models/tokenizer", "models/trained")
 NAME = "codexlm"
 TRAINED = Path("models/trained")
-
-
-def check_gguf(p: params.Params) -> None:
-    """Refuse, before any work, a GGUF of a model or tokenizer llama.cpp would misread."""
-    if p.export.gguf == "none":
-        return
-    weights = Path(p.model.init) if p.lora.enabled else TRAINED
-    model_type = json.loads((weights / "config.json").read_text())["model_type"]
-    tokenizer = json.loads((TRAINED / "tokenizer.json").read_text(encoding="utf-8"))
-    reason = gguf_unsupported(model_type, tokenizer)
-    if reason is not None:
-        raise UserError(f"export.gguf: cannot write {reason} as GGUF; set export.gguf: none")
 
 
 def main() -> None:
     p = params.load()
     provenance.check_environment()  # after params: their mistakes are the commonest
-    check_gguf(p)
-    raw_params = yaml.safe_load(Path(params.PARAMS_FILE).read_text())
-    gguf_file = None if p.export.gguf == "none" else gguf_file_name(NAME, p.export.gguf)
-    card = model_card(
-        {
-            "name": NAME,
-            "license": p.export.license,
-            "params": raw_params,
-            "metrics": json.loads(Path("reports/evaluate/metrics.json").read_text()),
-            "data_stats": json.loads(Path("data/prepared/stats.json").read_text()),
-            # what the model is a function of; not the checkpoints or the training log, whose
-            # wall-clock throughput would make the card, and so this output, differ run to run
-            "lineage": lineage(Path("dvc.lock"), PROVENANCE),
-            "gguf_file": gguf_file,
-        }
-    )
     lora_base = p.model.init if p.lora.enabled else None
+    check_gguf(p.export.gguf, Path(lora_base) if lora_base else TRAINED, TRAINED)
+    gguf_file = None if p.export.gguf == "none" else gguf_file_name(NAME, p.export.gguf)
+    card = pipeline_card(
+        NAME,
+        p.export.license,
+        gguf_file,
+        params_file=Path(params.PARAMS_FILE),
+        metrics_file=Path("reports/evaluate/metrics.json"),
+        stats_file=Path("data/prepared/stats.json"),
+        lock_file=Path("dvc.lock"),
+    )
     try:
         diffs = export(
             TRAINED,
