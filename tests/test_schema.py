@@ -84,8 +84,8 @@ def test_the_view_check_fails_on_a_key_the_view_lacks() -> None:
     ]
 
 
-def bench_common() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench/common.py")
+def bench_module(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"bench/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -95,9 +95,17 @@ def test_the_benchmarks_params_without_pydantic_have_every_train_key() -> None:
     """bench/common.override is how the GPU image turns params.yaml's train block into the
     loop's params: every schema key, floats as floats (YAML 1.1 reads 3e-4 as a str)."""
     raw = default_params()["train"] | {"lr": "3e-4"}
-    built = vars(bench_common().override(raw))
+    built = vars(bench_module("common").override(raw))
     assert set(built) == set(params.Train.model_fields)
     assert built["lr"] == 3e-4
+
+
+def test_the_gpu_checks_own_train_block_has_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/gpu_check.py trains a tiny model with its own train block (compile and its mode
+    set per run): a key it lacks would fail only on the GPU, in override's KeyError."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # its `from common import ...`
+    gpu_check = bench_module("gpu_check")
+    assert set(gpu_check.TRAIN) | {"compile", "compile_mode"} == set(params.Train.model_fields)
 
 
 def fingerprint(train: dict[str, Any], dropout: bool = False) -> str:
