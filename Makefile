@@ -20,10 +20,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -c "from codexlm.provenance import write_versions; write_versions()"
 	touch $(STAMP)
 
-# With a default DVC remote (README "Sharing results") `--pull` fetches the run-cache and
+# With a default DVC remote (docs/experiments.md) `--pull` fetches the run-cache and
 # the outputs it holds instead of recomputing them; without one, a plain `dvc repro`.
 repro: $(STAMP)
-	$(BIN)/python stages/check.py  # params, corpus and model.init: before dvc removes any output
+	$(BIN)/python stages/check_params.py  # params, corpus and model.init: before dvc removes any output
 	$(BIN)/dvc repro $(shell $(BIN)/dvc remote default >/dev/null 2>&1 && echo --pull)
 
 test: $(STAMP)

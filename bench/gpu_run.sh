@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU run: CUDA checks, then the throughput figures of the README's table (one
+# The prepared GPU run: CUDA checks, then the throughput figures of bench/RESULTS.md's table (one
 # CUDA GPU; estimated ~8 minutes on an H200, not yet run; python3 with torch, transformers,
 # accelerate, pyyaml, psutil, not dvc/dvclive/pydantic). Most important first, each step under
 # its own time limit, a failed one not stopping the others; outputs go to $OUT (or

@@ -18,7 +18,7 @@ def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
         shutil.copytree(ROOT / "stages", tmp_path / "stages")
         shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run([sys.executable, f"stages/{name}.py"], tmp_path, check=False)
+    proc = run([sys.executable, f"stages/{name}_stage.py"], tmp_path, check=False)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -36,7 +36,7 @@ def fake_model(path: Path, **config) -> Path:
         ("stages", "no config.json"),
     ],
 )
-@pytest.mark.parametrize("name", ["prepare", "tokenize_data", "train"])
+@pytest.mark.parametrize("name", ["prepare", "tokenize", "train"])
 def test_model_init_must_be_a_model_folder(tmp_path, name, init, expected) -> None:
     p = default_params()
     p["model"]["init"] = init

@@ -3,12 +3,14 @@ model-index with the test metrics; deterministic."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import yaml
 from conftest import default_params
 from huggingface_hub import ModelCard
 
-from codexlm.card import model_card
+from codexlm.card import PROVENANCE, lineage, model_card, pipeline_card
 
 METRICS = {
     "test": {"bits_per_byte": 1.7394082, "perplexity": 62.28, "loss": 4.13, "accuracy": 0.27},
@@ -77,3 +79,24 @@ def test_license_param_overrides_the_corpus(tmp_path: Path) -> None:
 
 def test_card_is_deterministic() -> None:
     assert str(model_card(info())) == str(model_card(info()))
+
+
+def test_the_stage_card_reads_the_pipelines_files(tmp_path: Path) -> None:
+    """pipeline_card (the export stage's card) is model_card of params.yaml as written,
+    metrics.json, stats.json and the dvc.lock md5s of exactly the provenance outputs."""
+    p = default_params()
+    files = {
+        "params_file": tmp_path / "params.yaml",
+        "metrics_file": tmp_path / "metrics.json",
+        "stats_file": tmp_path / "stats.json",
+        "lock_file": tmp_path / "dvc.lock",
+    }
+    files["params_file"].write_text(yaml.safe_dump(p, sort_keys=False))
+    files["metrics_file"].write_text(json.dumps(METRICS))
+    files["stats_file"].write_text(json.dumps({"documents": {"train": 3}}))
+    outs = [{"path": "data/tokens", "md5": "abc123.dir"}, {"path": "reports/train", "md5": "x"}]
+    files["lock_file"].write_text(yaml.safe_dump({"stages": {"tokenize": {"outs": outs}}}))
+    card = pipeline_card("codexlm", "auto", "codexlm-f16.gguf", **files)
+    assert str(card) == str(model_card(info()))
+    assert "reports/train" not in lineage(files["lock_file"], PROVENANCE)
+    assert lineage(tmp_path / "absent.lock", PROVENANCE) == {}

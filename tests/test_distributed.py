@@ -59,7 +59,7 @@ def trained_weights(repo: Path) -> dict[str, torch.Tensor]:
 def train_two(built: Path, dst: Path, strategy: str, **train: object) -> Path:
     """The built tiny repo trained from scratch on two processes (`strategy`)."""
     repo = two_process_copy(built, dst, strategy, **train)
-    proc = run(["python", "stages/train.py"], repo)
+    proc = run(["python", "stages/train_stage.py"], repo)
     assert "starting from step 0" in proc.stdout and f"2 processes, {strategy}" in proc.stdout
     return repo
 
@@ -69,7 +69,7 @@ def one_adamw(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built tiny repo trained on one process with AdamW: what DDP and FSDP (where Muon
     is refused) are compared with."""
     one = untrained_copy(built, tmp_path_factory.mktemp("one") / "repo", optimizer="adamw")
-    run(["python", "stages/train.py"], one)
+    run(["python", "stages/train_stage.py"], one)
     return one
 
 
@@ -95,7 +95,7 @@ def test_two_processes_match_one(built: Path, one_adamw: Path, tmp_path: Path) -
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["train"].update(nproc=1, batch_size=2 * p["train"]["batch_size"])
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = run(["python", "stages/train.py"], repo)
+    proc = run(["python", "stages/train_stage.py"], repo)
     assert "(step 4 of 8)" in proc.stdout
     for name, w in trained_weights(repo).items():
         assert torch.allclose(w, two[name], atol=1e-5), name
@@ -103,7 +103,7 @@ def test_two_processes_match_one(built: Path, one_adamw: Path, tmp_path: Path) -
     # another global batch is another run: its checkpoints are removed, with a message
     p["train"]["batch_size"] //= 2
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = run(["python", "stages/train.py"], repo)
+    proc = run(["python", "stages/train_stage.py"], repo)
     assert "starting from step 0" in proc.stdout
     assert "(written by other params or data)" in proc.stderr
 
@@ -125,7 +125,7 @@ def test_fsdp_matches_one_process_and_resumes(built: Path, one_adamw: Path, tmp_
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000004", "step-00000008"]
     shutil.rmtree(ckpts / "step-00000008")
     shutil.rmtree(repo / "models/trained")
-    proc = run(["python", "stages/train.py"], repo)
+    proc = run(["python", "stages/train_stage.py"], repo)
     assert "resuming from" in proc.stdout and "(step 4 of 8)" in proc.stdout
     for name, w in trained_weights(repo).items():
         assert torch.allclose(w, ours[name], atol=1e-6), name
@@ -135,7 +135,7 @@ def test_fsdp_matches_one_process_and_resumes(built: Path, one_adamw: Path, tmp_
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["train"]["final"] = "best"
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = run(["python", "stages/train.py"], repo)
+    proc = run(["python", "stages/train_stage.py"], repo)
     assert "final weights from" in proc.stdout
     best = checkpoint.best(ckpts)
     weights, _, _ = checkpoint.load(best)

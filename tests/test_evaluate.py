@@ -23,9 +23,12 @@ from codexlm.corpus import SCHEMA, SPLITS
 from codexlm.errors import UserError
 from codexlm.evaluate import (
     SEPARATOR,
+    SplitResult,
     bits_per_byte_se,
     documents_within,
     evaluate_split,
+    headline_metrics,
+    split_details,
 )
 from codexlm.model import build_model
 from codexlm.tokenizer import load_pretrained, tokenize, train_bpe
@@ -175,7 +178,7 @@ def test_mismatch_is_one_line_from_the_stage(built: Path, tmp_path: Path) -> Non
     shutil.rmtree(repo / "reports/evaluate")
     table = pq.read_table(repo / "data/prepared/test.parquet")
     pq.write_table(table.slice(0, table.num_rows - 1), repo / "data/prepared/test.parquet")
-    proc = run(["python", "stages/evaluate.py"], repo, check=False)
+    proc = run(["python", "stages/evaluate_stage.py"], repo, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len([ln for ln in lines if ln.startswith("error:")]) == 1
@@ -197,3 +200,42 @@ def test_metrics_json_carries_the_standard_error(built: Path) -> None:
     assert test["bytes"] == stats["bytes"]["test"] + stats["documents"]["test"]
     report = (built / "reports/evaluate/report.md").read_text()
     assert "± SE" in report and f"{test['bits_per_byte_se']:.4f}" in report
+
+
+def split_result(documents: int, se: float) -> SplitResult:
+    return SplitResult(
+        loss=2.0,
+        perplexity=math.exp(2.0),
+        bits_per_byte=1.5,
+        bits_per_byte_se=se,
+        accuracy=0.3,
+        tokens=100,
+        bytes=300,
+        documents=documents,
+        xz_bits_per_byte=1.8,
+        loss_by_position=[2.0],
+    )
+
+
+def test_the_headline_metrics_are_what_experiments_compare() -> None:
+    """metrics.json's keys, in order; a NaN standard error (one test document) is left out,
+    since JSON has no NaN; details keep every finite figure of both splits."""
+    results = {"test": split_result(1, math.nan), "val": split_result(5, 0.1)}
+    headline = headline_metrics(results, train_tokens_per_s=1234.5)
+    assert list(headline) == [
+        "test/bits_per_byte",
+        "test/documents",
+        "test/perplexity",
+        "test/loss",
+        "test/accuracy",
+        "val/loss",
+        "baseline/xz_bits_per_byte",
+        "train/tokens_per_s",
+    ]
+    assert headline["test/bits_per_byte"] == 1.5 and headline["train/tokens_per_s"] == 1234.5
+    assert (
+        headline_metrics({**results, "test": split_result(5, 0.1)}, 0.0)["test/bits_per_byte_se"]
+        == 0.1
+    )
+    details = split_details(results)
+    assert "bits_per_byte_se" not in details["test"] and details["val"]["bits_per_byte_se"] == 0.1

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 
 from codexlm import params
 from codexlm.errors import UserError
+from codexlm.export import check_gguf
 from codexlm.gguf_export import TOLERANCE, load_gguf, unsupported, write_gguf
 from codexlm.model import build_model
 from codexlm.tokenizer import save_tokenizer, train_bpe
@@ -127,3 +128,16 @@ def test_gguf_param_is_validated(tmp_path: Path) -> None:
         params.parse(p)
     p["export"]["gguf"] = "none"
     assert params.parse(p).export.gguf == "none"
+
+
+def test_the_export_stage_refuses_an_unsupported_gguf_before_any_work(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """export.check_gguf: the config of `weights` and the tokenizer of `trained` decide; one
+    UserError naming export.gguf, nothing checked with export.gguf: none."""
+    (tmp_path / "config.json").write_text('{"model_type": "mistral"}')
+    with pytest.raises(UserError, match=r"^export\.gguf: cannot write model type 'mistral'"):
+        check_gguf("f16", tmp_path, tokenizer_dir)
+    check_gguf("none", tmp_path, tokenizer_dir)  # not even read
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    check_gguf("f16", tmp_path, tokenizer_dir)

@@ -46,7 +46,8 @@ PARAMS_TEXT = (ROOT / "params.yaml").read_text()
 
 
 def stage(cwd: Path, name: str, params_text: str) -> tuple[int, str]:
-    """Run stages/<name>.py in cwd with this params.yaml; return (exit code, the one line)."""
+    """Run stages/<name> (check_params.py, <stage>_stage.py) in cwd with this params.yaml;
+    return (exit code, the one line)."""
     cwd.mkdir(parents=True, exist_ok=True)
     if not (cwd / "stages").exists():
         shutil.copytree(ROOT / "stages", cwd / "stages")
@@ -56,7 +57,7 @@ def stage(cwd: Path, name: str, params_text: str) -> tuple[int, str]:
         if isinstance(params_text, str)
         else params_text
     )
-    proc = run([sys.executable, f"stages/{name}.py"], cwd, check=False)
+    proc = run([sys.executable, f"stages/{name}"], cwd, check=False)
     out = proc.stderr + proc.stdout
     assert "Traceback" not in out, out
     lines = proc.stderr.strip().splitlines()
@@ -115,7 +116,7 @@ def replaced(pattern: str, replacement: str) -> str:
     ],
 )
 def test_params_file_itself(tmp_path: Path, text: str, named: str) -> None:
-    code, line = stage(tmp_path, "check", text)
+    code, line = stage(tmp_path, "check_params.py", text)
     assert code == 2 and "params.yaml" in line and named in line
 
 
@@ -148,17 +149,17 @@ def test_params_file_itself(tmp_path: Path, text: str, named: str) -> None:
     ids=lambda v: "-".join(f"{k}={v}" for k, v in v.items()) if isinstance(v, dict) else v,
 )
 def test_params_values(tmp_path: Path, changes: dict, key: str) -> None:
-    code, line = stage(tmp_path, "check", edited(**changes))
+    code, line = stage(tmp_path, "check_params.py", edited(**changes))
     assert code == 2 and f"{key}:" in line
 
 
 def test_messages_read_as_english(tmp_path: Path) -> None:
-    _, line = stage(tmp_path, "check", edited(lora__target_modules=5))
+    _, line = stage(tmp_path, "check_params.py", edited(lora__target_modules=5))
     assert (
         line
         == "error: params.yaml: lora.target_modules: Input should be 'auto' or a valid list (got 5)"
     )
-    _, line = stage(tmp_path / "b", "check", edited(model__d_model=30, model__n_head=4))
+    _, line = stage(tmp_path / "b", "check_params.py", edited(model__d_model=30, model__n_head=4))
     assert (
         line == "error: params.yaml: model.d_model: must be a multiple of model.n_head (4) (got 30)"
     )
@@ -208,7 +209,7 @@ def _init_case(root: Path, case: str) -> tuple[Path, str]:
 )
 def test_model_init_is_inspected_before_loading(tmp_path: Path, case: str) -> None:
     folder, culprit = _init_case(tmp_path, case)
-    code, line = stage(tmp_path / "run", "check", edited(model__init=str(folder)))
+    code, line = stage(tmp_path / "run", "check_params.py", edited(model__init=str(folder)))
     assert code == 2 and "model.init" in line and culprit in line
 
 
@@ -216,7 +217,7 @@ def test_model_init_is_inspected_before_loading(tmp_path: Path, case: str) -> No
 def test_train_stage_refuses_before_loading(tmp_path: Path, case: str) -> None:
     """The stages load params the same way: the one that would load the weights refuses."""
     folder, culprit = _init_case(tmp_path, case)
-    code, line = stage(tmp_path / "run", "train", edited(model__init=str(folder)))
+    code, line = stage(tmp_path / "run", "train_stage.py", edited(model__init=str(folder)))
     assert code == 2 and "model.init" in line and culprit in line
 
 
@@ -236,7 +237,7 @@ def _prepare(cwd: Path, source: Path, **data: object) -> subprocess.CompletedPro
     p = tiny_params(str(source))
     p["data"].update(data)
     (cwd / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = run([sys.executable, "stages/prepare.py"], cwd, check=False)
+    proc = run([sys.executable, "stages/prepare_stage.py"], cwd, check=False)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     return proc
 
@@ -436,5 +437,5 @@ def test_make_repro_checks_params_before_dvc_touches_outputs(prepared_repo: Path
 
 
 def test_check_passes_on_the_repository_params() -> None:
-    proc = run([sys.executable, "stages/check.py"], ROOT)
+    proc = run([sys.executable, "stages/check_params.py"], ROOT)
     assert proc.stdout.strip() == "check: params.yaml is valid"

@@ -39,7 +39,7 @@ def copy_with_steps(built: Path, dst: Path) -> Path:
 def start_train(repo: Path) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.Popen(
-        [sys.executable, "stages/train.py"],
+        [sys.executable, "stages/train_stage.py"],
         cwd=repo,
         env=env,
         text=True,
@@ -64,7 +64,7 @@ def steps_logged(repo: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def reference(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = copy_with_steps(built, tmp_path_factory.mktemp("ref") / "repo")
-    run(["python", "stages/train.py"], repo)
+    run(["python", "stages/train_stage.py"], repo)
     return repo
 
 
@@ -104,7 +104,7 @@ def test_sigterm_checkpoints_and_exits_nonzero(built, reference, tmp_path) -> No
     steps = sorted(int(p.name.split("-")[1]) for p in (repo / "models/checkpoints").glob("step-*"))
     last = steps_logged(repo)[-1]
     assert steps[-1] == last, "the step it stopped at was checkpointed"
-    out = run(["python", "stages/train.py"], repo).stdout
+    out = run(["python", "stages/train_stage.py"], repo).stdout
     assert f"resuming from models/checkpoints/step-{last:08d}" in out
     assert sha(repo / "models/trained/model.safetensors") == sha(
         reference / "models/trained/model.safetensors"

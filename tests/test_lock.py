@@ -114,7 +114,7 @@ def test_each_change_reruns_the_stages_that_use_it(finished: Path) -> None:
 def test_a_stage_refuses_other_package_versions(finished: Path) -> None:
     versions = finished / "versions.yaml"
     versions.write_text(re.sub(r"(?m)^numpy: .*$", "numpy: 0.0.1", versions.read_text()))
-    proc = run([sys.executable, "stages/export.py"], finished, check=False)
+    proc = run([sys.executable, "stages/export_stage.py"], finished, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: versions.yaml: numpy 0.0.1 is declared")

@@ -344,7 +344,7 @@ def test_prepare_stage_rejects_bad_params(
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
     shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
     (tmp_path / "params.yaml").write_text(params_text_with(pattern, replacement))
-    proc = run([sys.executable, "stages/prepare.py"], tmp_path, check=False)
+    proc = run([sys.executable, "stages/prepare_stage.py"], tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr

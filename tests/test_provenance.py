@@ -20,11 +20,11 @@ from codexlm.errors import UserError
 from codexlm.model import build_model, uses_dropout
 
 STAGES = {
-    "prepare": "stages/prepare.py",
-    "tokenize": "stages/tokenize_data.py",
-    "train": "stages/train.py",
-    "evaluate": "stages/evaluate.py",
-    "export": "stages/export.py",
+    "prepare": "stages/prepare_stage.py",
+    "tokenize": "stages/tokenize_stage.py",
+    "train": "stages/train_stage.py",
+    "evaluate": "stages/evaluate_stage.py",
+    "export": "stages/export_stage.py",
 }
 
 

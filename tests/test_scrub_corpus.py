@@ -4,7 +4,7 @@ Every planted kind is a small file of its real type (`.env`, YAML, INI, code...)
 random values drawn for this run; none of them may survive scrubbing, in any file type, and
 (in the pipeline test) neither in `data/prepared` nor in the decoded token files. Every
 ordinary value (digests, alphabets, addresses, names of secrets rather than secrets) must
-come through untouched. The README quotes the two counts (`PLANTED_KINDS`, `ORDINARY_KINDS`).
+come through untouched. docs/data.md quotes the two counts (`PLANTED_KINDS`, `ORDINARY_KINDS`).
 """
 
 from __future__ import annotations
@@ -647,11 +647,11 @@ ORDINARY_KINDS = len(ORDINARY)
 SEEDS = (0, 1, 2)
 
 
-def test_the_corpora_are_as_large_as_the_readme_says() -> None:
+def test_the_corpora_are_as_large_as_the_docs_say() -> None:
     assert PLANTED_KINDS >= 30 and ORDINARY_KINDS >= 20
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert f"all {PLANTED_KINDS} planted kinds" in readme
-    assert f"all {ORDINARY_KINDS} ordinary kinds" in readme
+    page = (Path(__file__).resolve().parents[1] / "docs/data.md").read_text()
+    assert f"all {PLANTED_KINDS} planted kinds" in page
+    assert f"all {ORDINARY_KINDS} ordinary kinds" in page
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -2,7 +2,7 @@
 text-generation pipeline, with the logits compared to transformers' on the same folder.
 
 Runs in its own environment, not the project's: optimum-onnx pins transformers < 4.58 and
-brings torch's ONNX exporter and onnxruntime (see README, "ONNX"):
+brings torch's ONNX exporter and onnxruntime (see docs/export.md, "ONNX Runtime"):
 
     python3 -m venv /tmp/onnx-venv
     /tmp/onnx-venv/bin/pip install torch==2.13.0 'optimum-onnx[onnxruntime]==0.1.0'

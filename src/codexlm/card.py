@@ -6,8 +6,10 @@ the clock, so the same params give the same card."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 # The standard library's sources are under the Python Software Foundation License, which
@@ -175,3 +177,45 @@ def model_card(info: dict[str, Any]) -> ModelCard:
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+# What the model is a function of; not the checkpoints or the training log, whose wall-clock
+# throughput would make the card, and so the export, differ run to run.
+PROVENANCE = ("data/prepared", "data/tokens", "models/tokenizer", "models/trained")
+
+
+def lineage(lock_file: Path, paths: tuple[str, ...]) -> dict[str, str]:
+    """The md5 DVC recorded for each of `paths` (stage outputs), in that order."""
+    if not lock_file.is_file():
+        return {}
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    recorded = {
+        out["path"]: out.get("md5", "")
+        for stage in (lock.get("stages") or {}).values()
+        for out in stage.get("outs", [])
+    }
+    return {path: recorded[path] for path in paths if path in recorded}
+
+
+def pipeline_card(
+    name: str,
+    license: str,
+    gguf_file: str | None,
+    params_file: Path,
+    metrics_file: Path,
+    stats_file: Path,
+    lock_file: Path,
+) -> ModelCard:
+    """The export stage's card: params.yaml as written, the evaluate stage's metrics.json,
+    prepare's stats.json, and the dvc.lock hashes of what the model came from."""
+    return model_card(
+        {
+            "name": name,
+            "license": license,
+            "params": yaml.safe_load(params_file.read_text()),
+            "metrics": json.loads(metrics_file.read_text()),
+            "data_stats": json.loads(stats_file.read_text()),
+            "lineage": lineage(lock_file, PROVENANCE),
+            "gguf_file": gguf_file,
+        }
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,24 +23,6 @@ from codexlm.atomic import replace_dir
 from codexlm.checkpoint import Checkpoint, CheckpointError
 from codexlm.parallel import Dist
 
-# Train params that change how a run is observed, stored or scheduled on the hardware, not
-# the weights it computes: a checkpoint written under other values of these is still resumed.
-# `final` only picks among the same checkpoints. `compile` changes only rounding, except where
-# dropout draws masks: inductor draws its own, a different run (see run_fingerprint).
-NOT_FINGERPRINTED = {
-    "resume",
-    "final",
-    "keep_checkpoints",
-    "checkpoint_every",
-    "log_every",
-    "eval_every",
-    "compile",
-    "compile_mode",
-    "nproc",
-    "batch_size",
-    "grad_accum",
-}
-
 
 def run_fingerprint(
     seed: int,
@@ -48,17 +31,18 @@ def run_fingerprint(
     train: dict[str, Any],
     tokens_meta: dict[str, Any],
     dropout: bool,
+    not_fingerprinted: Collection[str],
 ) -> str:
     """What the weights are a function of among params and data (the param blocks as dicts;
-    `dropout`: whether the model draws masks); the training loop adds the code and the
-    packages that compute them."""
+    `dropout`: whether the model draws masks; `not_fingerprinted`: the train keys params.py
+    marks as not changing the weights); the training loop adds the code and the packages."""
     init = model["init"]
     return checkpoint.fingerprint(
         {
             "seed": seed,
             "model": model,
             "lora": lora if lora["enabled"] else None,
-            "train": {k: v for k, v in train.items() if k not in NOT_FINGERPRINTED},
+            "train": {k: v for k, v in train.items() if k not in not_fingerprinted},
             # compiled dropout draws other masks than eager (tests/test_provenance.py)
             "compile": (train["compile"], train["compile_mode"]) if dropout else None,
             # the data each step draws depends only on the global batch

@@ -57,7 +57,7 @@ _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 # Documents in flight to the cleaning workers at once (Executor.map alone would read the whole
 # source before returning the first result).
 _WINDOW = 1024
-# Near-duplicate detection (see the module docstring and README "prepare"). Character 5-grams
+# Near-duplicate detection (see the module docstring and docs/data.md). Character 5-grams
 # of the whitespace-collapsed text: measured on the standard library, they put the charmap
 # codec tables (Lib/encodings/cp*.py, iso8859_*.py, mac_*.py, which differ only in their
 # character tables) at Jaccard 0.7-1.0 with each other, while the closest ordinary modules

@@ -297,6 +297,35 @@ def plot_loss_by_position(results: dict[str, SplitResult], out: Path) -> None:
     plt.close(fig)
 
 
+def headline_metrics(
+    results: dict[str, SplitResult], train_tokens_per_s: float
+) -> dict[str, float]:
+    """What experiments are compared on (metrics.json: `dvc exp show`, `dvc metrics diff`),
+    as DVCLive metric names; the full per-split figures are in `split_details`. Non-finite
+    values are left out (JSON has no NaN; the standard error is NaN below two documents)."""
+    test, val = results["test"], results["val"]
+    headline = {
+        "test/bits_per_byte": test.bits_per_byte,
+        "test/bits_per_byte_se": test.bits_per_byte_se,
+        "test/documents": test.documents,
+        "test/perplexity": test.perplexity,
+        "test/loss": test.loss,
+        "test/accuracy": test.accuracy,
+        "val/loss": val.loss,
+        "baseline/xz_bits_per_byte": test.xz_bits_per_byte,
+        "train/tokens_per_s": train_tokens_per_s,
+    }
+    return {k: v for k, v in headline.items() if math.isfinite(v)}
+
+
+def split_details(results: dict[str, SplitResult]) -> dict[str, dict[str, float]]:
+    """Every figure of every split (details.json), the finite ones."""
+    return {
+        split: {k: v for k, v in r.metrics().items() if math.isfinite(v)}
+        for split, r in results.items()
+    }
+
+
 def samples_markdown(prompts: list[str], completions: list[str]) -> str:
     parts = ["# Samples\n"]
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True), 1):

@@ -4,6 +4,7 @@ logits with the trained model, plus the tokenizer and the model card."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,15 +16,30 @@ from transformers import (
 )
 
 from codexlm.atomic import replace_dir
+from codexlm.errors import UserError
 from codexlm.gguf_export import TOLERANCE as GGUF_TOLERANCE
 from codexlm.gguf_export import GGUFError, load_gguf, write_gguf
 from codexlm.gguf_export import file_name as gguf_file_name
+from codexlm.gguf_export import unsupported as gguf_unsupported
 from codexlm.model import load_trained
 from codexlm.tokenizer import save_tokenizer
 
 
 class ParityError(Exception):
     """The export does not reproduce the trained model's logits."""
+
+
+def check_gguf(dtype: str, weights: Path, trained: Path) -> None:
+    """Refuse, before any work, a GGUF (`export.gguf`: `dtype`) of a model or tokenizer
+    llama.cpp would misread: `weights` holds the config (the base model under LoRA),
+    `trained` the tokenizer."""
+    if dtype == "none":
+        return
+    model_type = json.loads((weights / "config.json").read_text())["model_type"]
+    tokenizer = json.loads((trained / "tokenizer.json").read_text(encoding="utf-8"))
+    reason = gguf_unsupported(model_type, tokenizer)
+    if reason is not None:
+        raise UserError(f"export.gguf: cannot write {reason} as GGUF; set export.gguf: none")
 
 
 def parity_batch(vocab_size: int, context: int, seed: int) -> torch.Tensor:
@@ -111,18 +127,3 @@ def _reload(path: Path, adapter_base: str | None) -> torch.nn.Module:
         adapter_base, trust_remote_code=False, dtype=torch.float32
     )
     return PeftModel.from_pretrained(base, path).eval()
-
-
-def lineage(lock_file: Path, paths: tuple[str, ...]) -> dict[str, str]:
-    """The md5 DVC recorded for each of `paths` (stage outputs), in that order."""
-    import yaml
-
-    if not lock_file.is_file():
-        return {}
-    lock = yaml.safe_load(lock_file.read_text()) or {}
-    recorded = {
-        out["path"]: out.get("md5", "")
-        for stage in (lock.get("stages") or {}).values()
-        for out in stage.get("outs", [])
-    }
-    return {path: recorded[path] for path in paths if path in recorded}

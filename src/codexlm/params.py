@@ -237,10 +237,32 @@ class Lora(_Block):
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
+def _resumes_across(**constraints: Any) -> Any:
+    """A train key that changes how a run is observed, stored or laid out on the hardware, not
+    the weights it computes: left out of the checkpoint fingerprint, so a checkpoint written
+    under another value is still resumed (`checkpointer.run_fingerprint` reads this mark)."""
+    return Field(json_schema_extra={"fingerprint": False}, **constraints)
+
+
+def not_fingerprinted(block: type[BaseModel]) -> frozenset[str]:
+    """The keys of a params block marked `_resumes_across`."""
+    return frozenset(
+        name
+        for name, field in block.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+        and field.json_schema_extra.get("fingerprint") is False
+    )
+
+
 class Train(_Block):
+    """The train block. Its other views, `train.TrainArgs` (what the loop reads, also the
+    GPU benchmark's params) and `optim.OptimArgs`, are held to it by tests/test_schema.py."""
+
     steps: int = PositiveInt
-    batch_size: int = PositiveInt
-    grad_accum: int = PositiveInt
+    # how the global batch is split: the fingerprint keeps only the product
+    # batch_size x grad_accum x nproc, the data each step draws
+    batch_size: int = _resumes_across(gt=0)
+    grad_accum: int = _resumes_across(gt=0)
     optimizer: Literal["adamw", "muon"]
     lr: float = Field(gt=0, le=1)
     min_lr: float = Field(ge=0, le=1)
@@ -253,17 +275,19 @@ class Train(_Block):
     beta2: float = Field(ge=0, lt=1)
     grad_clip: float = Field(ge=0)
     precision: Literal["auto", "fp32", "bf16"]
-    compile: bool
-    compile_mode: CompileMode
-    eval_every: int = PositiveInt
+    # compiling changes only rounding, except where dropout draws masks: inductor draws its
+    # own, a different run, so run_fingerprint adds both keys when the model has dropout
+    compile: bool = _resumes_across()
+    compile_mode: CompileMode = _resumes_across()
+    eval_every: int = _resumes_across(gt=0)
     eval_batches: int = PositiveInt
-    log_every: int = PositiveInt
-    checkpoint_every: int = PositiveInt
-    keep_checkpoints: int = PositiveInt
-    resume: Literal["auto", "never"]
-    final: Literal["last", "best"]
+    log_every: int = _resumes_across(gt=0)
+    checkpoint_every: int = _resumes_across(gt=0)
+    keep_checkpoints: int = _resumes_across(gt=0)
+    resume: Literal["auto", "never"] = _resumes_across()
+    final: Literal["last", "best"] = _resumes_across()  # picks among the same checkpoints
     max_bad_steps: int = PositiveInt
-    nproc: int = PositiveInt
+    nproc: int = _resumes_across(gt=0)
     strategy: Literal["ddp", "fsdp"]
 
     @model_validator(mode="after")

@@ -49,7 +49,7 @@ COMPUTING = (
 
 def loaded_code() -> dict[str, Path]:
     """This package's loaded modules and the running script, keyed by a machine-independent
-    name (`codexlm.train`, `stages/train.py`)."""
+    name (`codexlm.train`, `stages/train_stage.py`)."""
     files = {
         name: Path(m.__file__).resolve()
         for name, m in list(sys.modules.items())

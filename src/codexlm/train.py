@@ -39,8 +39,9 @@ from codexlm.parallel import Dist, weights_finite
 
 
 class TrainArgs(Protocol):
-    """What the loop reads of the `train` params block: `params.Train` has this shape, and
-    so does any object with these attributes (the GPU benchmark image has no pydantic)."""
+    """The `train` params block as the loop takes it: every key of `params.Train`, with its
+    type (tests/test_schema.py holds the two equal). Any object with these attributes will
+    do: the GPU benchmark, whose image has no pydantic, builds one from these hints."""
 
     steps: int
     batch_size: int
@@ -67,6 +68,7 @@ class TrainArgs(Protocol):
     resume: str
     final: str
     max_bad_steps: int
+    nproc: int  # read by the stage (torchrun) and the fingerprint, not the loop
     strategy: str
 
 

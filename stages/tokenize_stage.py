@@ -1,7 +1,8 @@
 """tokenize: data/prepared -> models/tokenizer/, data/tokens/{train,val,test}.bin + meta.json"""
 
-# Not named tokenize.py: Python puts stages/ first on sys.path, where such a file would shadow
-# the standard library's `tokenize` module for every stage script.
+# Every stage's script is stages/<stage>_stage.py: a bare stages/tokenize.py would shadow the
+# standard library's `tokenize` module (Python puts stages/ first on sys.path), and
+# stages/train.py would read as the library's codexlm/train.py.
 import sys
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import json
-import math
 
 import torch
 
@@ -18,11 +17,13 @@ from codexlm.atomic import write_json, write_text
 from codexlm.errors import run_stage
 from codexlm.evaluate import (
     evaluate_split,
+    headline_metrics,
     plot_loss_by_position,
     plot_loss_curves,
     report_markdown,
     sample,
     samples_markdown,
+    split_details,
 )
 from codexlm.live import open_live
 from codexlm.model import load_trained
@@ -58,33 +59,13 @@ def main() -> None:
     train_summary = json.loads((TRAIN_LOG / "metrics.json").read_text())
     extra = {"train_tokens_per_s": train_summary.get("tokens_per_s", 0.0)}
 
-    # metrics.json holds what experiments are compared on (dvc exp show, metrics diff);
-    # the full per-split figures are in details.json and report.md
     live = open_live(OUT, None)
-    test, val = results["test"], results["val"]
-    headline = {
-        "test/bits_per_byte": test.bits_per_byte,
-        # across the test documents; absent (NaN) with fewer than two
-        "test/bits_per_byte_se": test.bits_per_byte_se,
-        "test/documents": test.documents,
-        "test/perplexity": test.perplexity,
-        "test/loss": test.loss,
-        "test/accuracy": test.accuracy,
-        "val/loss": val.loss,
-        "baseline/xz_bits_per_byte": test.xz_bits_per_byte,
-        "train/tokens_per_s": extra["train_tokens_per_s"],
-    }
-    for k, v in headline.items():
-        if math.isfinite(v):  # JSON has no NaN
-            live.log_metric(k, v, plot=False)
+    for k, v in headline_metrics(results, extra["train_tokens_per_s"]).items():
+        live.log_metric(k, v, plot=False)
     live.make_summary()
     plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
     plot_loss_by_position(results, OUT / "loss_by_position.png")
-    details = {
-        split: {k: v for k, v in r.metrics().items() if math.isfinite(v)}
-        for split, r in results.items()
-    }
-    write_json(OUT / "details.json", details)
+    write_json(OUT / "details.json", split_details(results))
     samples_md = samples_markdown(e.prompts, completions)
     write_text(OUT / "samples.md", samples_md)
     write_text(OUT / "report.md", report_markdown(results, extra, samples_md))

@@ -33,7 +33,8 @@ def main() -> None:
     d = parallel.init_distributed()
     model = model_for(p.model, p.lora, meta, p.seed)
     blocks = p.model.model_dump(), p.lora.model_dump(), p.train.model_dump()
-    fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model))
+    resumes_across = params.not_fingerprinted(params.Train)
+    fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model), resumes_across)
     run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, log_dir=REPORTS)
     tokens = load_tokens(TOKENS, "train"), load_tokens(TOKENS, "val")
     reporters = [ProgressBar(), LiveLogger(REPORTS)]
