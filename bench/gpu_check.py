@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from common import Timeline, override, run_train
 
-from codexlm import checkpoint
+from codexlm import checkpoint_files
 from codexlm.data import train_batch
 from codexlm.loss import linear_cross_entropy
 from codexlm.metrics import lm_loss, mfu
@@ -103,8 +103,8 @@ def check_train_and_resume(device: torch.device, root: Path, compile: bool) -> s
     first, val = float(np.log(VOCAB)), summary["val_loss"]  # at first about uniform
     assert val < first - 0.5, f"val loss {val:.3f}, from ~{first:.3f}"
     train_tiny(device, root / "part", compile)
-    for ckpt in checkpoint.candidates(root / "part"):  # as if killed after step 4
-        if checkpoint.verify(ckpt)["step"] > STEPS // 2:
+    for ckpt in checkpoint_files.complete(root / "part"):  # as if killed after step 4
+        if checkpoint_files.verify(ckpt)["step"] > STEPS // 2:
             shutil.rmtree(ckpt)
     resumed, _, start = train_tiny(device, root / "part", compile)
     assert start == STEPS // 2, f"trained from step {start}, not from the checkpoint of step 4"

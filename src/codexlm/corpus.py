@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
 from codexlm.errors import UserError
+from codexlm.hashing import text_sha256
 from codexlm.scrub import scrub
 
 SPLITS = ("train", "val", "test")
@@ -348,10 +349,6 @@ def clean(
     return text, None, found
 
 
-def digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()
-
-
 def split_of_digest(key: bytes, val_fraction: float, test_fraction: float) -> str:
     """Stable split from a content digest: the same digest always lands in the same split."""
     h = int.from_bytes(key[:8], "big") / 2**64
@@ -364,7 +361,7 @@ def split_of_digest(key: bytes, val_fraction: float, test_fraction: float) -> st
 
 def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
     """Stable split from the content hash: a document in no near-duplicate group lands here."""
-    return split_of_digest(digest(text), val_fraction, test_fraction)
+    return split_of_digest(text_sha256(text), val_fraction, test_fraction)
 
 
 # ---------------------------------------------------------------- near duplicates
@@ -501,7 +498,7 @@ def _clean_star(
     text, reason, found = clean(*args)
     if text is None:
         return raw.name, None, reason, found, None, None
-    return raw.name, text, None, found, digest(normalised(text)), signature(text)
+    return raw.name, text, None, found, text_sha256(normalised(text)), signature(text)
 
 
 def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bool]]):
@@ -561,7 +558,7 @@ def _keep(results: Iterator, stats: Stats, staging: _SplitFiles) -> _Kept:
         if reason:
             stats.dropped[reason.split(":")[0]] += 1
             continue
-        key = digest(text)
+        key = text_sha256(text)
         if key in seen:
             stats.dropped["duplicate"] += 1
             continue

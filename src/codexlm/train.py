@@ -1,7 +1,8 @@
 """The training loop: accumulation, clipping, autocast, compile, DDP/FSDP, checkpoints.
 
 Read `train()` first: it sets up (optimizer, restore, compile and wrap), then runs each step
-as `train_step` -> `log` -> `validate` -> `checkpointer.maybe_save`, with the loop's counters
+as `train_step` -> `log` -> `validate` -> checkpoint (`checkpoint_policy.due`, then
+`write_checkpoint` -> `checkpoint_policy.save`), with the loop's counters
 in one `LoopState`, which is what a checkpoint stores besides weights, optimizer and RNG.
 There is no host-device sync inside a step except at log intervals: losses, gradient norms
 and non-finite counts accumulate on the device, and a step with a non-finite gradient is
@@ -28,9 +29,11 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from codexlm import checkpoint, checkpointer, parallel, provenance
+from codexlm import checkpoint_policy, parallel, provenance
 from codexlm.callbacks import Start, emit
+from codexlm.checkpoint_files import Checkpoint
 from codexlm.data import eval_batches, train_batch
+from codexlm.hashing import fingerprint
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
@@ -376,8 +379,12 @@ class Rate:
         return (tokens_seen - self.tokens) / max(time.perf_counter() - self.t, 1e-9)
 
 
-def save_checkpoint(
-    parts: Parts, loop: LoopState, policy: checkpointer.Policy, d: Dist, callbacks: Sequence[Any]
+def write_checkpoint(
+    parts: Parts,
+    loop: LoopState,
+    policy: checkpoint_policy.Policy,
+    d: Dist,
+    callbacks: Sequence[Any],
 ) -> float:
     """Write this step's checkpoint; return the seconds it took."""
     started = time.perf_counter()
@@ -386,7 +393,7 @@ def save_checkpoint(
     if d.world > 1:  # each rank's loss sum, as the cross-rank mean the next log would take
         dist.all_reduce(loop.loss_sum)
         loop.loss_sum /= d.world
-    path = checkpointer.save(policy, parts.raw, parts.opt, parts.mode, loop.state_dict(), d)
+    path = checkpoint_policy.save(policy, parts.raw, parts.opt, parts.mode, loop.state_dict(), d)
     seconds = time.perf_counter() - started
     emit(callbacks, "on_checkpoint", loop.step, path, seconds)
     return seconds
@@ -402,9 +409,7 @@ def device_name(d: Dist) -> str:
     return torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
 
 
-def announce(
-    ckpt: checkpoint.Checkpoint | None, loop: LoopState, mode: str, steps: int, d: Dist
-) -> None:
+def announce(ckpt: Checkpoint | None, loop: LoopState, mode: str, steps: int, d: Dist) -> None:
     if not d.main:
         return
     if ckpt is not None:
@@ -442,14 +447,14 @@ def train(
     d = run.dist
     seed_everything(run.seed)
     parts = setup(model, cfg, d)
-    policy = checkpointer.Policy(
+    policy = checkpoint_policy.Policy(
         run.ckpt_dir,
         # params and data, and the code and packages that compute them: a checkpoint of
         # other code is never resumed as if it were this run's
         identity={
             "params": run.fingerprint,
             "code": provenance.code_digest(),
-            "packages": checkpoint.fingerprint(provenance.package_versions()),
+            "packages": fingerprint(provenance.package_versions()),
         },
         every=cfg.checkpoint_every,
         keep=cfg.keep_checkpoints,
@@ -458,7 +463,7 @@ def train(
         log_dir=run.log_dir,
     )
     loop = LoopState(d.device)
-    ckpt = checkpointer.restore(policy, parts.raw, parts.opt, parts.mode, d)
+    ckpt = checkpoint_policy.restore(policy, parts.raw, parts.opt, parts.mode, d)
     if ckpt is not None:
         loop.load_state_dict(ckpt.state["loop"])
     announce(ckpt, loop, parts.mode, cfg.steps, d)
@@ -467,7 +472,7 @@ def train(
     emit(reporters, "on_start", start_info(parts, loop, cfg, ckpt is not None))
     try:
         run_steps(parts, loop, policy, train_tokens, val_tokens, cfg, run, reporters)
-        best = checkpointer.load_final(policy, parts.raw, parts.mode, d)
+        best = checkpoint_policy.load_final(policy, parts.raw, parts.mode, d)
         if best is not None:
             loop.val_loss = best.state["val_loss"]
             if d.main:
@@ -489,7 +494,7 @@ def train(
 def run_steps(
     parts: Parts,
     loop: LoopState,
-    policy: checkpointer.Policy,
+    policy: checkpoint_policy.Policy,
     train_tokens: np.ndarray,
     val_tokens: np.ndarray,
     cfg: TrainArgs,
@@ -527,8 +532,8 @@ def run_steps(
             if done % cfg.eval_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 validate(done)
             stopping = stop.requested(done, cfg.log_every, d)
-            if checkpointer.due(policy, done, cfg.steps, stopping):
-                rate.exclude(save_checkpoint(parts, loop, policy, d, callbacks))
+            if checkpoint_policy.due(policy, done, cfg.steps, stopping):
+                rate.exclude(write_checkpoint(parts, loop, policy, d, callbacks))
             if stopping and done < cfg.steps:
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
     finally:

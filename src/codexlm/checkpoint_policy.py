@@ -1,6 +1,10 @@
 """The checkpoint policy of a training run: which checkpoint it resumes, when it saves, what
-it keeps, which weights are final. `codexlm.checkpoint` writes and verifies the files; this
-module decides, and says what it removes and why.
+it keeps, which weights are final. `codexlm.checkpoint_files` writes, verifies and reads the
+files; this module decides, and says what it removes and why.
+
+The loop calls `restore` once, then at each step `due` and, when due, `save` (through
+`train.write_checkpoint`), which writes with `checkpoint_files.write` and then `prune`s; at
+the end `load_final`.
 
 Rank 0 alone chooses and writes; every rank loads what rank 0 chose (under FSDP each keeps
 its shard), so all of them resume from the same step.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from codexlm import checkpoint, parallel
+from codexlm import checkpoint_files as files
+from codexlm import parallel
 from codexlm.atomic import replace_dir
-from codexlm.checkpoint import Checkpoint, CheckpointError
+from codexlm.checkpoint_files import Checkpoint, CheckpointError
+from codexlm.hashing import fingerprint, folder_sha256
 from codexlm.parallel import Dist
 
 # Train params that change how a run is observed, stored or scheduled on the hardware, not
@@ -53,7 +60,7 @@ def run_fingerprint(
     `dropout`: whether the model draws masks); the training loop adds the code and the
     packages that compute them."""
     init = model["init"]
-    return checkpoint.fingerprint(
+    return fingerprint(
         {
             "seed": seed,
             "model": model,
@@ -65,7 +72,7 @@ def run_fingerprint(
             "global_batch": train["batch_size"] * train["grad_accum"] * train["nproc"],
             "tokens": tokens_meta["sha256"],
             "tokenizer": tokens_meta["tokenizer_sha256"],
-            "init": None if init == "scratch" else checkpoint.folder_digest(Path(init)),
+            "init": None if init == "scratch" else folder_sha256(Path(init)),
         }
     )
 
@@ -81,6 +88,84 @@ class Policy:
     log_dir: Path | None = None  # a folder each checkpoint keeps a copy of, restored with it
 
 
+# what each part of a run's identity covers, for the message when a checkpoint is removed
+IDENTITY_PARTS = {
+    "params": "other params or data",
+    "code": "other code",
+    "packages": "other packages",
+}
+
+
+def stale_reason(state: dict[str, Any], identity: dict[str, str]) -> str | None:
+    """Why a checkpoint with this state.json is not this run's (None: it is)."""
+    theirs = state.get("identity")
+    if not isinstance(theirs, dict):
+        return "an older codexlm without a run identity"
+    differ = [why for part, why in IDENTITY_PARTS.items() if theirs.get(part) != identity[part]]
+    return ", ".join(differ) or None
+
+
+def remove_stale(root: Path, identity: dict[str, str]) -> list[str]:
+    """Remove interrupted writes and the checkpoints of other runs; say what went and why.
+
+    A checkpoint written under other params, data, code or packages must never be resumed:
+    its weights are not what this run computes. One whose state.json is unreadable is left
+    for `find_resumable` to skip as corrupt.
+    """
+    for path in files.interrupted_writes(root):
+        shutil.rmtree(path)
+    removed = []
+    for path in files.complete(root):
+        state = files.read_state(path)
+        why = stale_reason(state, identity) if state is not None else None
+        if why is not None:
+            shutil.rmtree(path)
+            removed.append(f"removed {path} (written by {why})")
+    return removed
+
+
+def find_resumable(root: Path) -> Checkpoint | None:
+    """The newest checkpoint that verifies, or None; a corrupt one is named and skipped."""
+    for path in files.complete(root):
+        try:
+            return Checkpoint(path, files.verify(path))
+        except CheckpointError as e:
+            warnings.warn(
+                f"checkpoint skipped: {e}; falling back to the previous one", stacklevel=2
+            )
+    return None
+
+
+def best(root: Path) -> Checkpoint | None:
+    """The checkpoint with the lowest validation loss (ties: the newest), among those
+    validated at their own step (a checkpoint written on a stop carries an older loss)."""
+    scored = []
+    for path in files.complete(root):
+        state = files.read_state(path)
+        if state and state.get("val_loss") is not None and state.get("val_step") == state["step"]:
+            scored.append((state["val_loss"], -state["step"], path, state))
+    if not scored:
+        return None
+    _, _, path, state = min(scored)
+    return Checkpoint(path, state)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints and the best one; called after a save completes."""
+    keep_best = best(root)
+    for path in files.complete(root)[keep:]:
+        if keep_best is None or path != keep_best.path:
+            shutil.rmtree(path)
+
+
+def clear(root: Path) -> list[Path]:
+    """Remove every checkpoint (and interrupted write) under root; return what was removed."""
+    removed = [*files.complete(root), *files.interrupted_writes(root)]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
 def shared(ckpt: Checkpoint | None, d: Dist) -> Checkpoint | None:
     """Rank 0's choice of checkpoint (or None), opened and verified on every rank."""
     if d.world == 1:
@@ -89,18 +174,18 @@ def shared(ckpt: Checkpoint | None, d: Dist) -> Checkpoint | None:
     dist.broadcast_object_list(box, src=0)
     if box[0] is None or d.main:
         return ckpt
-    return Checkpoint(Path(box[0]), checkpoint.verify(Path(box[0])))
+    return Checkpoint(Path(box[0]), files.verify(Path(box[0])))
 
 
 def choose(policy: Policy) -> Checkpoint | None:
     """On rank 0: the checkpoint to resume, after removing what must not be (said out loud)."""
     if policy.resume == "never":
-        for path in checkpoint.clear(policy.root):
+        for path in clear(policy.root):
             print(f"checkpoint: removed {path} (train.resume: never)", file=sys.stderr)
         return None
-    for message in checkpoint.remove_stale(policy.root, policy.identity):
+    for message in remove_stale(policy.root, policy.identity):
         print(f"checkpoint: {message}", file=sys.stderr)
-    return checkpoint.find_resumable(policy.root)
+    return find_resumable(policy.root)
 
 
 def restore(
@@ -110,13 +195,13 @@ def restore(
     ckpt = shared(choose(policy) if d.main else None, d)
     if ckpt is None:
         return None
-    weights, opt_state, rng = checkpoint.load(ckpt, d.device)
+    weights, opt_state, rng = files.read(ckpt, d.device)
     missing = set(parallel.trainable_names(raw)) - set(weights)
     if missing:
         raise CheckpointError(f"{ckpt.path}: lacks weights {sorted(missing)[:3]}")
     parallel.load_state(raw, opt, weights, opt_state, mode)
-    checkpoint.set_rng_state(ckpt.state["rng"], rng)
-    saved_log = ckpt.path / checkpoint.LOG
+    files.set_rng_state(ckpt.state["rng"], rng)
+    saved_log = ckpt.path / files.LOG
     if d.main and policy.log_dir is not None and saved_log.is_dir():
         with replace_dir(policy.log_dir) as tmp:  # the log as it stood at this checkpoint
             shutil.copytree(saved_log, tmp, dirs_exist_ok=True)
@@ -143,11 +228,11 @@ def save(
     path = None
     if d.main:
         state = {"loop": loop_state, "identity": policy.identity}
-        # top-level copies, read by checkpoint.best and by people looking at the folder
+        # top-level copies, read by `best` and by people looking at the folder
         state.update(val_loss=loop_state["val_loss"], val_step=loop_state["val_step"])
         step = loop_state["step"]
-        path = checkpoint.save(policy.root, step, weights, opt_state, state, policy.log_dir)
-        checkpoint.prune(policy.root, policy.keep)
+        path = files.write(policy.root, step, weights, opt_state, state, policy.log_dir)
+        prune(policy.root, policy.keep)
     if d.world > 1:
         dist.barrier()
     return path
@@ -157,8 +242,8 @@ def load_final(policy: Policy, raw: torch.nn.Module, mode: str, d: Dist) -> Chec
     """Under `final: best`, load the best checkpoint's weights into raw and return it."""
     if policy.final != "best":
         return None
-    best = shared(checkpoint.best(policy.root) if d.main else None, d)
-    if best is not None:
-        weights, _, _ = checkpoint.load(best, d.device)
+    chosen = shared(best(policy.root) if d.main else None, d)
+    if chosen is not None:
+        weights, _, _ = files.read(chosen, d.device)
         parallel.load_state(raw, None, weights, None, mode)
-    return best
+    return chosen

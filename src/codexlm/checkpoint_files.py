@@ -1,4 +1,6 @@
-"""Atomic save and verified load of the whole training state.
+"""The checkpoint file format: atomic write, verification and read of the whole training
+state. It decides nothing: `codexlm.checkpoint_policy` chooses what to resume, when to write
+and what to keep, and calls `write`, `verify`, `read` and `complete` here.
 
 A checkpoint is a folder `step-00000200/` holding the trainable weights (safetensors), the
 optimizer state and RNG states (torch.save, loaded with weights_only=True), `state.json`
@@ -12,12 +14,10 @@ later, which the manifest catches.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from codexlm.atomic import sha256_file
+from codexlm.hashing import file_sha256
 
 PREFIX = "step-"
 REQUIRED = {"model.safetensors", "optimizer.pt", "rng.pt", "state.json"}  # besides the manifest
@@ -45,11 +45,6 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.state["step"])
-
-
-def fingerprint(obj: Any) -> str:
-    """A stable hash of a JSON-able value (params, data hashes, versions)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -86,7 +81,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(
+def write(
     root: Path,
     step: int,
     weights: dict[str, torch.Tensor],
@@ -113,7 +108,7 @@ def save(
     if log_dir is not None and log_dir.is_dir():
         shutil.copytree(log_dir, tmp / LOG)
     files = sorted(f for f in tmp.rglob("*") if f.is_file())
-    manifest = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in files}
+    manifest = {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     for f in [*files, tmp / "manifest.json"]:
         with f.open("rb") as fh:
@@ -142,15 +137,15 @@ def verify(path: Path) -> dict[str, Any]:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing")
-        if sha256_file(f) != digest:
+        if file_sha256(f) != digest:
             raise CheckpointError(f"{f}: sha256 mismatch (corrupt or truncated)")
-    state = _read_state(path)
+    state = read_state(path)
     if state is None:
         raise CheckpointError(f"{path / 'state.json'}: unreadable")
     return state
 
 
-def load(ckpt: Checkpoint, device: torch.device | str = "cpu") -> tuple[dict, dict, dict]:
+def read(ckpt: Checkpoint, device: torch.device | str = "cpu") -> tuple[dict, dict, dict]:
     """(weights, optimizer state, tensor RNG states) of a verified checkpoint."""
     weights = load_file(ckpt.path / "model.safetensors", device=str(device))
     optimizer = torch.load(ckpt.path / "optimizer.pt", map_location=device, weights_only=True)
@@ -158,102 +153,20 @@ def load(ckpt: Checkpoint, device: torch.device | str = "cpu") -> tuple[dict, di
     return weights, optimizer, rng
 
 
-def _read_state(path: Path) -> dict[str, Any] | None:
+def read_state(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads((path / "state.json").read_text())
     except (OSError, ValueError):
         return None
 
 
-def candidates(root: Path) -> list[Path]:
+def complete(root: Path) -> list[Path]:
     """Complete checkpoint folders, newest first."""
     if not root.is_dir():
         return []
     return sorted((p for p in root.glob(f"{PREFIX}*") if p.is_dir()), reverse=True)
 
 
-# what each part of a run's identity covers, for the message when a checkpoint is removed
-IDENTITY_PARTS = {
-    "params": "other params or data",
-    "code": "other code",
-    "packages": "other packages",
-}
-
-
-def stale_reason(state: dict[str, Any], identity: dict[str, str]) -> str | None:
-    """Why a checkpoint with this state.json is not this run's (None: it is)."""
-    theirs = state.get("identity")
-    if not isinstance(theirs, dict):
-        return "an older codexlm without a run identity"
-    differ = [why for part, why in IDENTITY_PARTS.items() if theirs.get(part) != identity[part]]
-    return ", ".join(differ) or None
-
-
-def remove_stale(root: Path, identity: dict[str, str]) -> list[str]:
-    """Remove interrupted writes and the checkpoints of other runs; say what went and why.
-
-    A checkpoint written under other params, data, code or packages must never be resumed:
-    its weights are not what this run computes. One whose state.json is unreadable is left
-    for `find_resumable` to skip as corrupt.
-    """
-    for path in root.glob(".tmp-*") if root.is_dir() else []:
-        shutil.rmtree(path)  # a write that was interrupted
-    removed = []
-    for path in candidates(root):
-        state = _read_state(path)
-        why = stale_reason(state, identity) if state is not None else None
-        if why is not None:
-            shutil.rmtree(path)
-            removed.append(f"removed {path} (written by {why})")
-    return removed
-
-
-def find_resumable(root: Path) -> Checkpoint | None:
-    """The newest checkpoint that verifies, or None; a corrupt one is named and skipped."""
-    for path in candidates(root):
-        try:
-            return Checkpoint(path, verify(path))
-        except CheckpointError as e:
-            warnings.warn(
-                f"checkpoint skipped: {e}; falling back to the previous one", stacklevel=2
-            )
-    return None
-
-
-def best(root: Path) -> Checkpoint | None:
-    """The checkpoint with the lowest validation loss (ties: the newest), among those
-    validated at their own step (a checkpoint written on a stop carries an older loss)."""
-    scored = []
-    for path in candidates(root):
-        state = _read_state(path)
-        if state and state.get("val_loss") is not None and state.get("val_step") == state["step"]:
-            scored.append((state["val_loss"], -state["step"], path, state))
-    if not scored:
-        return None
-    _, _, path, state = min(scored)
-    return Checkpoint(path, state)
-
-
-def prune(root: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints and the best one; called after a save completes."""
-    keep_best = best(root)
-    for path in candidates(root)[keep:]:
-        if keep_best is None or path != keep_best.path:
-            shutil.rmtree(path)
-
-
-def clear(root: Path) -> list[Path]:
-    """Remove every checkpoint (and interrupted write) under root; return what was removed."""
-    removed = [*candidates(root), *root.glob(".tmp-*")] if root.is_dir() else []
-    for path in removed:
-        shutil.rmtree(path)
-    return removed
-
-
-def folder_digest(path: Path) -> str:
-    """sha256 over the names and contents of every file in a folder (a model to fine-tune)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode())
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
+def interrupted_writes(root: Path) -> list[Path]:
+    """Temporary folders of writes that never finished (a crash, a full disk)."""
+    return sorted(root.glob(".tmp-*")) if root.is_dir() else []
