@@ -172,14 +172,15 @@ def test_log_comes_back_from_the_checkpoint(tmp_path, tokens, reference, monkeyp
 
 def test_interrupted_checkpoint_write_is_ignored(tmp_path, tokens, reference, monkeypatch) -> None:
     """A crash in the middle of writing checkpoint 6 leaves a temp folder, never a step-6."""
-    real_save = checkpoint_files.save_file
+    real_write = checkpoint_files._write_all
 
-    def dying_save(tensors, path, *a, **k):
-        real_save(tensors, path, *a, **k)
-        if "step-00000006" in str(path):
+    def dying_write(tmp: Path, contents: dict[str, bytes]) -> None:
+        if "step-00000006" in tmp.name:
+            real_write(tmp, dict(list(contents.items())[:1]))  # the weights, then killed
             raise Crash("killed while writing")
+        real_write(tmp, contents)
 
-    monkeypatch.setattr(checkpoint_files, "save_file", dying_save)
+    monkeypatch.setattr(checkpoint_files, "_write_all", dying_write)
     with pytest.raises(Crash):
         run_train(tmp_path, tokens)
     monkeypatch.undo()

@@ -14,6 +14,8 @@ later, which the manifest catches.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import random
@@ -24,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
-from codexlm.hashing import file_sha256
+from codexlm.errors import MachineFault, free_bytes
+from codexlm.hashing import bytes_sha256, file_sha256
 
 PREFIX = "step-"
 REQUIRED = {"model.safetensors", "optimizer.pt", "rng.pt", "state.json"}  # besides the manifest
@@ -81,6 +85,54 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _torch_bytes(obj: Any) -> bytes:
+    # serialised in memory and written by Python: a full disk is then an OSError (ENOSPC)
+    # naming the file, where torch.save onto the disk reports "unexpected pos" from C++
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def serialise(
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+    log_dir: Path | None,
+) -> dict[str, bytes]:
+    """Every file of a checkpoint (its relative name -> bytes), manifest included."""
+    plain_rng, tensor_rng = rng_state()
+    # clone: safetensors refuses tensors that share storage (tied embeddings)
+    out = {
+        "model.safetensors": save_tensors(
+            {k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}
+        ),
+        "optimizer.pt": _torch_bytes(optimizer),
+        "rng.pt": _torch_bytes(tensor_rng),
+        "state.json": json.dumps({**state, "rng": plain_rng}).encode(),
+    }
+    if log_dir is not None and log_dir.is_dir():
+        for f in sorted(p for p in log_dir.rglob("*") if p.is_file()):
+            out[f"{LOG}/{f.relative_to(log_dir).as_posix()}"] = f.read_bytes()
+    manifest = {name: bytes_sha256(data) for name, data in sorted(out.items())}
+    out["manifest.json"] = json.dumps(manifest, indent=1).encode()
+    return out
+
+
+def size(contents: dict[str, bytes]) -> int:
+    return sum(len(data) for data in contents.values())
+
+
+def space_message(root: Path, what: str, needed: int, free: int | None) -> str:
+    """The one line for a checkpoint folder without room, naming what a resume starts from."""
+    last = complete(root)
+    resumes = f"a rerun resumes from {last[0].name}" if last else "no checkpoint to resume yet"
+    free_s = f"{free:,} bytes are free" if free is not None else "free space unknown"
+    return (
+        f"no space left in {root} for {what}: it needs {needed:,} bytes, {free_s}; free space "
+        f"there or lower train.keep_checkpoints ({resumes}, unchanged)"
+    )
+
+
 def write(
     root: Path,
     step: int,
@@ -90,37 +142,43 @@ def write(
     log_dir: Path | None = None,
 ) -> Path:
     """Write checkpoint `step` under root atomically, with a copy of `log_dir` (the training
-    log up to this step) when given; return its folder."""
+    log up to this step) when given; return its folder. Without room for all of it, nothing
+    is left behind and MachineFault names the folder and the bytes needed."""
+    contents = serialise(weights, optimizer, {**state, "step": step}, log_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    plain_rng, tensor_rng = rng_state()
-    # clone: safetensors refuses tensors that share storage (tied embeddings)
-    save_file(
-        {k: v.detach().contiguous().cpu().clone() for k, v in weights.items()},
-        tmp / "model.safetensors",
-    )
-    torch.save(optimizer, tmp / "optimizer.pt")
-    torch.save(tensor_rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": plain_rng}))
-    if log_dir is not None and log_dir.is_dir():
-        shutil.copytree(log_dir, tmp / LOG)
-    files = sorted(f for f in tmp.rglob("*") if f.is_file())
-    manifest = {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for f in [*files, tmp / "manifest.json"]:
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
-    for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_dir(folder)
-    _fsync_dir(tmp)
+    needed, free = size(contents), free_bytes(root)
+    if free is not None and free < needed:  # known before a byte is written
+        raise MachineFault(space_message(root, f"the checkpoint of step {step}", needed, free))
+    try:
+        _write_all(tmp, contents)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # the next run would remove it as well
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        what = f"the checkpoint of step {step}"
+        raise MachineFault(space_message(root, what, needed, free_bytes(root))) from None
     if final.exists():  # a finished run's checkpoint rewritten by a forced rerun
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
     return final
+
+
+def _write_all(tmp: Path, contents: dict[str, bytes]) -> None:
+    tmp.mkdir()
+    for name, data in contents.items():
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(folder)
+    _fsync_dir(tmp)
 
 
 def verify(path: Path) -> dict[str, Any]:

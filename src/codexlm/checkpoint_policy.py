@@ -26,6 +26,7 @@ from codexlm import checkpoint_files as files
 from codexlm import parallel
 from codexlm.atomic import replace_dir
 from codexlm.checkpoint_files import Checkpoint, CheckpointError
+from codexlm.errors import MachineFault, free_bytes
 from codexlm.hashing import fingerprint, folder_sha256
 from codexlm.parallel import Dist
 
@@ -81,7 +82,8 @@ def run_fingerprint(
 class Policy:
     root: Path
     identity: dict[str, str]  # params/data, code, packages: what a resumable checkpoint matches
-    every: int
+    every: int | None  # steps between checkpoints, or None: by time
+    every_seconds: float | None  # wall-clock seconds between checkpoints, or None: by steps
     keep: int
     resume: str  # auto | never
     final: str  # last | best
@@ -112,9 +114,10 @@ def remove_stale(root: Path, identity: dict[str, str]) -> list[str]:
     its weights are not what this run computes. One whose state.json is unreadable is left
     for `find_resumable` to skip as corrupt.
     """
+    removed = []
     for path in files.interrupted_writes(root):
         shutil.rmtree(path)
-    removed = []
+        removed.append(f"removed {path} (a write that did not finish: a crash or a full disk)")
     for path in files.complete(root):
         state = files.read_state(path)
         why = stale_reason(state, identity) if state is not None else None
@@ -208,9 +211,48 @@ def restore(
     return ckpt
 
 
-def due(policy: Policy, step: int, last: int, stopping: bool) -> bool:
-    """Checkpoint steps: every `every` steps, the last step, and a step the run stops at."""
-    return step % policy.every == 0 or step == last or stopping
+def scheduled(policy: Policy, step: int, last: int, since_last: float) -> bool:
+    """A checkpoint step by the schedule: every `every` steps (or once `every_seconds` have
+    passed since the last checkpoint), and the last step."""
+    if step == last:
+        return True
+    if policy.every is not None:
+        return step % policy.every == 0
+    return policy.every_seconds is not None and since_last >= policy.every_seconds
+
+
+def due(policy: Policy, step: int, last: int, stopping: bool, since_last: float) -> bool:
+    """Checkpoint steps: the scheduled ones, and a step the run stops at."""
+    return stopping or scheduled(policy, step, last, since_last)
+
+
+def estimated_bytes(raw: torch.nn.Module, optimizer_bytes: int, log_dir: Path | None) -> int:
+    """What one checkpoint takes before any is written: the trainable weights, the optimizer
+    state, and the training log (RNG states and JSON are a few kB: the margin covers them)."""
+    weights = sum(p.numel() * p.element_size() for p in raw.parameters() if p.requires_grad)
+    log = sum(f.stat().st_size for f in log_dir.rglob("*") if f.is_file()) if log_dir else 0
+    return weights + optimizer_bytes + log + (1 << 16)
+
+
+def plan_space(policy: Policy, one: int) -> str | None:
+    """At start: whether the checkpoint folder's filesystem holds `keep + 1` checkpoints of
+    `one` bytes (a save writes the new one before pruning). A MachineFault when not even one
+    fits (training would be lost), a warning line when fewer than keep + 1 do, else None."""
+    existing = files.complete(policy.root)
+    ours = sum(f.stat().st_size for p in existing for f in p.rglob("*") if f.is_file())
+    free = free_bytes(policy.root)
+    if free is None:
+        return None
+    wanted = (policy.keep + 1) * one
+    if free < one:
+        raise MachineFault(files.space_message(policy.root, "one checkpoint", one, free))
+    if free + ours >= wanted:
+        return None
+    return (
+        f"checkpoint: {policy.root} has room for {(free + ours) // one} checkpoints of "
+        f"~{one:,} bytes, but a run keeps train.keep_checkpoints + 1 = {policy.keep + 1} while "
+        f"it saves; free {wanted - free - ours:,} bytes or lower train.keep_checkpoints"
+    )
 
 
 def save(

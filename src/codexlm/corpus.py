@@ -41,7 +41,7 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
-from codexlm.errors import UserError
+from codexlm.errors import MachineFault, UserError
 from codexlm.hashing import text_sha256
 from codexlm.scrub import scrub
 
@@ -207,6 +207,13 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
                 yield Raw(name, None, "too_long")
                 continue
             yield Raw(name, path.read_bytes())
+        except FileNotFoundError:
+            # listed, then gone: the corpus changed under prepare, and dvc.lock would record
+            # a hash of data/prepared's sources that no longer holds
+            raise MachineFault(
+                f"{path}: vanished between listing and reading; the corpus in {root} changed "
+                "while prepare ran: rerun prepare once nothing writes to it"
+            ) from None
         except OSError as e:
             yield Raw(name, None, f"unreadable:{type(e).__name__}")
 

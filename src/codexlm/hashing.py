@@ -25,6 +25,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def bytes_sha256(data: bytes) -> str:
+    """sha256 (hex) of bytes in memory (a checkpoint file before it is written)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def folder_sha256(path: Path) -> str:
     """sha256 (hex) over the relative names and contents of every file in a folder."""
     h = hashlib.sha256()

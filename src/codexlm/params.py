@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError, safe_open
 
 from codexlm.errors import UserError
+from codexlm.schedule import interval_seconds
 
 PARAMS_FILE = "params.yaml"
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")  # the table formats prepare reads
@@ -250,13 +251,30 @@ class Train(_Block):
     eval_every: int = PositiveInt
     eval_batches: int = PositiveInt
     log_every: int = PositiveInt
-    checkpoint_every: int = PositiveInt
+    # steps (a positive integer), or wall-clock time between checkpoints ("90s", "30m", "2h")
+    # for machines that are preempted on a clock; see `interval_seconds`
+    checkpoint_every: int | str
     keep_checkpoints: int = PositiveInt
+    # after SIGTERM/SIGINT: the most seconds to finish the step and write its checkpoint
+    max_stop_seconds: float = Field(gt=0)
     resume: Literal["auto", "never"]
     final: Literal["last", "best"]
     max_bad_steps: int = PositiveInt
     nproc: int = PositiveInt
     strategy: Literal["ddp", "fsdp"]
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _steps_or_interval(cls, v: object) -> int | str:
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v > 0) or (
+            isinstance(v, str) and interval_seconds(v) is not None
+        )
+        if not ok:
+            raise ValueError(
+                "train.checkpoint_every: a number of steps (a positive integer) or a time "
+                f"interval such as 90s, 30m or 2h (got {v!r})"
+            )
+        return v  # type: ignore[return-value]
 
     @model_validator(mode="after")
     def _fsdp_needs_processes(self) -> Train:
