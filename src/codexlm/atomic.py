@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +38,9 @@ def replace_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():  # a previous write that never finished (killed, full disk)
+        shutil.rmtree(tmp)
+        print(f"removed {tmp}, left by a write that did not finish", file=sys.stderr)
     tmp.mkdir()
     try:
         yield tmp
