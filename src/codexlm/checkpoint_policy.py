@@ -2,9 +2,9 @@
 it keeps, which weights are final. `codexlm.checkpoint_files` writes, verifies and reads the
 files; this module decides, and says what it removes and why.
 
-The loop calls `restore` once, then at each step `due` and, when due, `save` (through
-`train.write_checkpoint`), which writes with `checkpoint_files.write` and then `prune`s; at
-the end `load_final`.
+The loop calls `restore` once, then at each step `scheduled` and, when it is (or the run
+is stopping), `save` (through `train.write_checkpoint`), which writes with
+`checkpoint_files.write` and then `prune`s; at the end `load_final`.
 
 Rank 0 alone chooses and writes; every rank loads what rank 0 chose (under FSDP each keeps
 its shard), so all of them resume from the same step.
@@ -219,11 +219,6 @@ def scheduled(policy: Policy, step: int, last: int, since_last: float) -> bool:
     if policy.every is not None:
         return step % policy.every == 0
     return policy.every_seconds is not None and since_last >= policy.every_seconds
-
-
-def due(policy: Policy, step: int, last: int, stopping: bool, since_last: float) -> bool:
-    """Checkpoint steps: the scheduled ones, and a step the run stops at."""
-    return stopping or scheduled(policy, step, last, since_last)
 
 
 def estimated_bytes(raw: torch.nn.Module, optimizer_bytes: int, log_dir: Path | None) -> int:

@@ -207,7 +207,10 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
                 yield Raw(name, None, "too_long")
                 continue
             yield Raw(name, path.read_bytes())
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if path.is_symlink():  # a dangling link is part of the corpus: counted, skipped
+                yield Raw(name, None, f"unreadable:{type(e).__name__}")
+                continue
             # listed, then gone: the corpus changed under prepare, and dvc.lock would record
             # a hash of data/prepared's sources that no longer holds
             raise MachineFault(

@@ -1,8 +1,8 @@
 """The training loop: accumulation, clipping, autocast, compile, DDP/FSDP, checkpoints.
 
 Read `train()` first: it sets up (optimizer, restore, compile and wrap), then runs each step
-as `train_step` -> `log` -> `validate` -> checkpoint (`checkpoint_policy.due`, then
-`write_checkpoint` -> `checkpoint_policy.save`), with the loop's counters
+as `train_step` -> `log` -> `validate` -> checkpoint (`checkpoint_policy.scheduled` or a
+stop, then `write_checkpoint` -> `checkpoint_policy.save`), with the loop's counters
 in one `LoopState`, which is what a checkpoint stores besides weights, optimizer and RNG.
 There is no host-device sync inside a step except at log intervals: losses, gradient norms
 and non-finite counts accumulate on the device, and a step with a non-finite gradient is
@@ -617,7 +617,7 @@ def run_steps(
             if done % cfg.eval_every == 0 or scheduled:
                 validate(done)  # a scheduled checkpoint carries its own step's loss (`best`)
             stopping = stop.requested(done, cfg.log_every, d)
-            if checkpoint_policy.due(policy, done, cfg.steps, stopping, since):
+            if stopping or scheduled:
                 seconds, path = write_checkpoint(parts, loop, policy, d, callbacks)
                 rate.exclude(seconds)
                 last_saved = time.monotonic()
