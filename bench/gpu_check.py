@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from common import Timeline, override, run_train
 
-from codexlm import checkpoint
+from codexlm import checkpoint_files
 from codexlm.data import train_batch
 from codexlm.loss import linear_cross_entropy
 from codexlm.metrics import lm_loss, mfu
@@ -34,6 +34,7 @@ TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4, embed_lr_scal
 TRAIN.update(weight_decay=0.1, beta1=0.8, beta2=0.99, grad_clip=1.0, precision="auto")
 TRAIN.update(eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4, keep_checkpoints=3)
 TRAIN.update(resume="auto", final="last", max_bad_steps=3, nproc=1, strategy="ddp")
+TRAIN.update(max_stop_seconds=60.0)
 
 
 def tokens(n: int, seed: int) -> np.ndarray:
@@ -103,8 +104,8 @@ def check_train_and_resume(device: torch.device, root: Path, compile: bool) -> s
     first, val = float(np.log(VOCAB)), summary["val_loss"]  # at first about uniform
     assert val < first - 0.5, f"val loss {val:.3f}, from ~{first:.3f}"
     train_tiny(device, root / "part", compile)
-    for ckpt in checkpoint.candidates(root / "part"):  # as if killed after step 4
-        if checkpoint.verify(ckpt)["step"] > STEPS // 2:
+    for ckpt in checkpoint_files.complete(root / "part"):  # as if killed after step 4
+        if checkpoint_files.verify(ckpt)["step"] > STEPS // 2:
             shutil.rmtree(ckpt)
     resumed, _, start = train_tiny(device, root / "part", compile)
     assert start == STEPS // 2, f"trained from step {start}, not from the checkpoint of step 4"

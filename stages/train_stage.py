@@ -14,7 +14,7 @@ import torch
 
 from codexlm import parallel, params, provenance
 from codexlm.callbacks import ProgressBar
-from codexlm.checkpointer import run_fingerprint
+from codexlm.checkpoint_policy import run_fingerprint
 from codexlm.data import check_splits, load_tokens
 from codexlm.errors import run_stage
 from codexlm.live import LiveLogger

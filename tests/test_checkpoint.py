@@ -17,9 +17,10 @@ import torch
 from conftest import model_args, train_args
 from safetensors.torch import load_file
 
-from codexlm import checkpoint
+from codexlm import checkpoint_files, checkpoint_policy
 from codexlm import loss as loss_mod
 from codexlm import train as train_mod
+from codexlm.hashing import file_sha256
 from codexlm.live import LiveLogger
 from codexlm.model import build_model
 
@@ -157,7 +158,7 @@ def test_log_comes_back_from_the_checkpoint(tmp_path, tokens, reference, monkeyp
     with pytest.raises(Crash):
         run_train(tmp_path, tokens)
     monkeypatch.undo()
-    saved = tmp_path / "ckpt/step-00000004" / checkpoint.LOG
+    saved = tmp_path / "ckpt/step-00000004" / checkpoint_files.LOG
     assert logged_steps(saved, "train/loss") == [1, 2, 3, 4]
     assert "log/plots/metrics/train/loss.tsv" in json.loads(
         (saved.parent / "manifest.json").read_text()
@@ -171,14 +172,15 @@ def test_log_comes_back_from_the_checkpoint(tmp_path, tokens, reference, monkeyp
 
 def test_interrupted_checkpoint_write_is_ignored(tmp_path, tokens, reference, monkeypatch) -> None:
     """A crash in the middle of writing checkpoint 6 leaves a temp folder, never a step-6."""
-    real_save = checkpoint.save_file
+    real_write = checkpoint_files._write_all
 
-    def dying_save(tensors, path, *a, **k):
-        real_save(tensors, path, *a, **k)
-        if "step-00000006" in str(path):
+    def dying_write(tmp: Path, contents: dict[str, bytes]) -> None:
+        if "step-00000006" in tmp.name:
+            real_write(tmp, dict(list(contents.items())[:1]))  # the weights, then killed
             raise Crash("killed while writing")
+        real_write(tmp, contents)
 
-    monkeypatch.setattr(checkpoint, "save_file", dying_save)
+    monkeypatch.setattr(checkpoint_files, "_write_all", dying_write)
     with pytest.raises(Crash):
         run_train(tmp_path, tokens)
     monkeypatch.undo()
@@ -216,7 +218,8 @@ def test_other_params_start_fresh(tmp_path, tokens, monkeypatch, capsys) -> None
     assert "starting from step 0" in out and "resuming" not in out
     assert "step-00000004 (written by other params or data)" in err
     states = [
-        json.loads((p / "state.json").read_text()) for p in checkpoint.candidates(tmp_path / "ckpt")
+        json.loads((p / "state.json").read_text())
+        for p in checkpoint_files.complete(tmp_path / "ckpt")
     ]
     assert states and all(s["identity"]["params"] == "fp-b" for s in states)
 
@@ -224,7 +227,7 @@ def test_other_params_start_fresh(tmp_path, tokens, monkeypatch, capsys) -> None
 def test_other_code_starts_fresh(tmp_path, tokens, monkeypatch, capsys) -> None:
     """A finished run of other code is retrained from step 0, not "resumed" at its end."""
     run_train(tmp_path, tokens)
-    finished = {p.name for p in checkpoint.candidates(tmp_path / "ckpt")}
+    finished = {p.name for p in checkpoint_files.complete(tmp_path / "ckpt")}
     capsys.readouterr()
     monkeypatch.setattr(train_mod.provenance, "code_digest", lambda: "other code")
     run_train(tmp_path, tokens)
@@ -303,7 +306,7 @@ def test_resume_never_removes_the_old_checkpoints(tmp_path, tokens, monkeypatch,
     crash_at(monkeypatch, 5)
     with pytest.raises(Crash):
         run_train(tmp_path, tokens)
-    old = checkpoint.candidates(tmp_path / "ckpt")
+    old = checkpoint_files.complete(tmp_path / "ckpt")
     assert [p.name for p in old] == ["step-00000004", "step-00000002"]
     crash_at(monkeypatch, 3)  # the fresh run dies before it writes step 4 again
     with pytest.raises(Crash):
@@ -312,18 +315,18 @@ def test_resume_never_removes_the_old_checkpoints(tmp_path, tokens, monkeypatch,
     assert "starting from step 0" in out and "resuming" not in out
     for path in old:
         assert f"removed {path} (train.resume: never)" in err
-    assert [p.name for p in checkpoint.candidates(tmp_path / "ckpt")] == ["step-00000002"]
+    assert [p.name for p in checkpoint_files.complete(tmp_path / "ckpt")] == ["step-00000002"]
 
 
 def test_keeps_newest_and_best(tmp_path, tokens) -> None:
     run_train(tmp_path, tokens, keep_checkpoints=1)
-    names = [p.name for p in checkpoint.candidates(tmp_path / "ckpt")]
-    best = checkpoint.best(tmp_path / "ckpt")
+    names = [p.name for p in checkpoint_files.complete(tmp_path / "ckpt")]
+    best = checkpoint_policy.best(tmp_path / "ckpt")
     assert names[0] == "step-00000008"
     assert best is not None and best.path.name in names
     assert len(names) == (1 if best.path.name == "step-00000008" else 2)
-    for p in checkpoint.candidates(tmp_path / "ckpt"):
-        checkpoint.verify(p)  # every kept checkpoint is complete
+    for p in checkpoint_files.complete(tmp_path / "ckpt"):
+        checkpoint_files.verify(p)  # every kept checkpoint is complete
 
 
 def test_final_best_takes_the_lowest_logged_validation_loss(tmp_path, tokens) -> None:
@@ -377,13 +380,13 @@ def test_max_bad_steps_in_a_row_stop_the_run(tmp_path, tokens) -> None:
         stop_at(mp, -1, nan_steps={2, 3, 4})
         with pytest.raises(train_mod.NonFiniteError, match="3 consecutive steps"):
             run_train(tmp_path, tokens, max_bad_steps=3, checkpoint_every=100)
-    assert checkpoint.candidates(tmp_path / "ckpt") == []  # nothing written after the NaNs
+    assert checkpoint_files.complete(tmp_path / "ckpt") == []  # nothing written after the NaNs
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_optimizer_state_loads_weights_only(tmp_path, tokens, optimizer) -> None:
     run_train(tmp_path, tokens, optimizer=optimizer)
-    ckpt = checkpoint.candidates(tmp_path / "ckpt")[0]
+    ckpt = checkpoint_files.complete(tmp_path / "ckpt")[0]
     state = torch.load(ckpt / "optimizer.pt", weights_only=True)
     parts = [state] if optimizer == "adamw" else [state["muon"], state["adamw"]]
     assert all("state" in p and "param_groups" in p and p["state"] for p in parts)
@@ -425,19 +428,22 @@ def test_trains_without_dvclive_when_nothing_is_logged(tmp_path, tokens, monkeyp
 
 
 def test_verify_rejects_an_incomplete_manifest_and_an_unreadable_state(tmp_path) -> None:
-    path = checkpoint.save(tmp_path, 2, {"w": torch.ones(1)}, {}, {"identity": {}})
-    checkpoint.verify(path)
+    path = checkpoint_files.write(tmp_path, 2, {"w": torch.ones(1)}, {}, {"identity": {}})
+    checkpoint_files.verify(path)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text("{}")
-    with pytest.raises(checkpoint.CheckpointError, match="not every file it needs"):
-        checkpoint.verify(path)
+    with pytest.raises(checkpoint_files.CheckpointError, match="not every file it needs"):
+        checkpoint_files.verify(path)
     (path / "manifest.json").write_text(json.dumps(manifest))
     (path / "state.json").write_text("{not json")
-    manifest["state.json"] = checkpoint.sha256_file(path / "state.json")
+    manifest["state.json"] = file_sha256(path / "state.json")
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(checkpoint.CheckpointError, match=r"state\.json: unreadable"):
-        checkpoint.verify(path)
+    with pytest.raises(checkpoint_files.CheckpointError, match=r"state\.json: unreadable"):
+        checkpoint_files.verify(path)
     # unreadable: skipped as corrupt by the run, not removed as another run's
-    assert checkpoint.remove_stale(tmp_path, {"params": "p", "code": "c", "packages": "k"}) == []
+    assert (
+        checkpoint_policy.remove_stale(tmp_path, {"params": "p", "code": "c", "packages": "k"})
+        == []
+    )
     with pytest.warns(UserWarning, match=r"state\.json: unreadable"):
-        assert checkpoint.find_resumable(tmp_path) is None
+        assert checkpoint_policy.find_resumable(tmp_path) is None

@@ -12,7 +12,7 @@ import yaml
 from conftest import run
 from safetensors.torch import load_file
 
-from codexlm import checkpoint
+from codexlm import checkpoint_files, checkpoint_policy
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +137,8 @@ def test_fsdp_matches_one_process_and_resumes(built: Path, one_adamw: Path, tmp_
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     proc = run(["python", "stages/train_stage.py"], repo)
     assert "final weights from" in proc.stdout
-    best = checkpoint.best(ckpts)
-    weights, _, _ = checkpoint.load(best)
+    best = checkpoint_policy.best(ckpts)
+    weights, _, _ = checkpoint_files.read(best)
     saved = trained_weights(repo)
     for name, w in weights.items():
         assert torch.equal(saved[name], w), name

@@ -15,7 +15,7 @@ import torch
 import yaml
 from conftest import ROOT, model_args
 
-from codexlm import checkpoint, corpus, provenance
+from codexlm import checkpoint_files, checkpoint_policy, corpus, provenance
 from codexlm.errors import UserError
 from codexlm.model import build_model, uses_dropout
 
@@ -154,7 +154,7 @@ def test_environment_check_refuses_other_versions(tmp_path: Path) -> None:
 
 def test_code_digest_covers_the_loaded_modules(tmp_path: Path, monkeypatch) -> None:
     loaded = provenance.loaded_code()
-    assert {"codexlm.provenance", "codexlm.checkpoint", "codexlm.model"} <= set(loaded)
+    assert {"codexlm.provenance", "codexlm.checkpoint_files", "codexlm.model"} <= set(loaded)
     before = provenance.code_digest()
     # the same module over other contents (a comment appended): another digest
     copy = tmp_path / "provenance.py"
@@ -170,16 +170,16 @@ def test_stale_checkpoints_are_named_with_the_reason(tmp_path: Path) -> None:
         (2, {**identity, "params": "x"}),
         (3, identity),
     ]:
-        checkpoint.save(tmp_path, step, {"w": torch.ones(1)}, {}, {"identity": ident})
+        checkpoint_files.write(tmp_path, step, {"w": torch.ones(1)}, {}, {"identity": ident})
     (tmp_path / "step-00000004").mkdir()  # unreadable state.json: corrupt, not another run's
-    removed = checkpoint.remove_stale(tmp_path, identity)
+    removed = checkpoint_policy.remove_stale(tmp_path, identity)
     assert removed == [
         f"removed {tmp_path / 'step-00000002'} (written by other params or data)",
         f"removed {tmp_path / 'step-00000001'} (written by other code)",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000004"]
     with pytest.warns(UserWarning, match="step-00000004"):
-        assert checkpoint.find_resumable(tmp_path).step == 3
+        assert checkpoint_policy.find_resumable(tmp_path).step == 3
 
 
 def test_compiled_dropout_draws_other_masks_than_eager() -> None:

@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, default_params
 from pydantic import BaseModel
 
-from codexlm import checkpointer, params
+from codexlm import checkpoint_policy, params
 from codexlm.model import LoraArgs, ModelArgs
 from codexlm.optim import OptimArgs
 from codexlm.train import TrainArgs
@@ -113,7 +113,7 @@ def fingerprint(train: dict[str, Any], dropout: bool = False) -> str:
     meta = {"sha256": "a" * 64, "tokenizer_sha256": "b" * 64}
     blocks = p.model.model_dump(), p.lora.model_dump(), train
     marked = params.not_fingerprinted(params.Train)
-    return checkpointer.run_fingerprint(p.seed, *blocks, meta, dropout, marked)
+    return checkpoint_policy.run_fingerprint(p.seed, *blocks, meta, dropout, marked)
 
 
 def changed(value: Any) -> Any:

@@ -20,7 +20,6 @@ temporary file to the three split files.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import itertools
 import json
 import os
@@ -42,7 +41,8 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
-from codexlm.errors import UserError
+from codexlm.errors import MachineFault, UserError
+from codexlm.hashing import contents_sha256, text_sha256
 from codexlm.params import TABLE_EXTS, is_archive
 from codexlm.scrub import scrub
 
@@ -116,23 +116,12 @@ def _stdlib_files() -> Iterator[Path]:
     return _walk(stdlib_root(), ["**/*.py"], _STDLIB_SKIP)
 
 
-def content_digest(files: Iterator[tuple[str, bytes]]) -> tuple[int, str]:
-    """The number of (name, bytes) files and the sha256 of their names and contents, in
-    order: the same for the standard library read from disk and for its snapshot archive."""
-    h, n = hashlib.sha256(), 0
-    for name, data in files:
-        h.update(name.encode() + b"\0")
-        h.update(hashlib.sha256(data).digest())
-        n += 1
-    return n, h.hexdigest()
-
-
 def stdlib_identity() -> dict[str, object]:
     """What `data.source: stdlib` reads on this interpreter: its version, and the number and
     sha256 of the standard-library files (names and contents) that it reads."""
     root = stdlib_root()
     files = ((p.relative_to(root).as_posix(), p.read_bytes()) for p in _stdlib_files())
-    n, digest = content_digest(files)
+    n, digest = contents_sha256(files)
     return {"python": platform.python_version(), "files": n, "sha256": digest}
 
 
@@ -140,7 +129,7 @@ def archive_identity(path: Path, include: list[str]) -> dict[str, object]:
     """What an archive source holds for prepare: its name, and the number and content digest
     of the files that `include` selects (for the snapshot: the standard library's digest)."""
     files = ((m.name, data) for m, data in _archive_files(path, include))
-    n, digest = content_digest(files)
+    n, digest = contents_sha256(files)
     return {"archive": path.name, "files": n, "sha256": digest}
 
 
@@ -228,6 +217,16 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
                 yield Raw(name, None, "too_long")
                 continue
             yield Raw(name, path.read_bytes())
+        except FileNotFoundError as e:
+            if path.is_symlink():  # a dangling link is part of the corpus: counted, skipped
+                yield Raw(name, None, f"unreadable:{type(e).__name__}")
+                continue
+            # listed, then gone: the corpus changed under prepare, and dvc.lock would record
+            # a hash of data/prepared's sources that no longer holds
+            raise MachineFault(
+                f"{path}: vanished between listing and reading; the corpus in {root} changed "
+                "while prepare ran: rerun prepare once nothing writes to it"
+            ) from None
         except OSError as e:
             yield Raw(name, None, f"unreadable:{type(e).__name__}")
 
@@ -399,10 +398,6 @@ def clean(
     return text, None, found
 
 
-def digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()
-
-
 def split_of_digest(key: bytes, val_fraction: float, test_fraction: float) -> str:
     """Stable split from a content digest: the same digest always lands in the same split."""
     h = int.from_bytes(key[:8], "big") / 2**64
@@ -415,7 +410,7 @@ def split_of_digest(key: bytes, val_fraction: float, test_fraction: float) -> st
 
 def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
     """Stable split from the content hash: a document in no near-duplicate group lands here."""
-    return split_of_digest(digest(text), val_fraction, test_fraction)
+    return split_of_digest(text_sha256(text), val_fraction, test_fraction)
 
 
 # ---------------------------------------------------------------- near duplicates
@@ -552,7 +547,7 @@ def _clean_star(
     text, reason, found = clean(*args)
     if text is None:
         return raw.name, None, reason, found, None, None
-    return raw.name, text, None, found, digest(normalised(text)), signature(text)
+    return raw.name, text, None, found, text_sha256(normalised(text)), signature(text)
 
 
 def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bool]]):
@@ -612,7 +607,7 @@ def _keep(results: Iterator, stats: Stats, staging: _SplitFiles) -> _Kept:
         if reason:
             stats.dropped[reason.split(":")[0]] += 1
             continue
-        key = digest(text)
+        key = text_sha256(text)
         if key in seen:
             stats.dropped["duplicate"] += 1
             continue

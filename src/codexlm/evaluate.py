@@ -30,7 +30,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from codexlm.data import load_tokens, sequential_batches
-from codexlm.errors import UserError
+from codexlm.errors import MachineFault, UserError, is_out_of_memory
 from codexlm.metrics import bits_per_byte
 
 # The byte each document is followed by in the evaluated text (what the end-of-text token
@@ -139,6 +139,26 @@ def documents_within(ends: np.ndarray, max_tokens: int) -> int:
 
 
 @torch.no_grad()
+def forward(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int, context: int, device: torch.device
+) -> torch.Tensor:
+    """The model's fp32 logits of a batch; memory exhausted is one line naming what to lower."""
+    try:
+        return model(input_ids=x).logits.float()
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(e):
+            raise
+        where = "GPU" if device.type == "cuda" else "CPU"
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+        n_params = sum(p.numel() for p in model.parameters())
+        raise MachineFault(
+            f"evaluate: out of {where} memory scoring evaluate.batch_size {batch_size} x "
+            f"model.context {context} tokens (vocab {vocab}, {n_params:,} parameters; the fp32 "
+            f"logits alone take {batch_size * context * vocab * 4:,} bytes); lower "
+            "evaluate.batch_size"
+        ) from None
+
+
 def evaluate_split(
     model: torch.nn.Module,
     token_dir: Path,
@@ -176,7 +196,7 @@ def evaluate_split(
         batches, total=math.ceil(math.ceil(len(scored) / context) / batch_size), desc=desc
     ):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
-        logits = model(input_ids=x).logits.float()
+        logits = forward(model, x, batch_size, context, device)
         per_tok = F.cross_entropy(logits.transpose(1, 2), y, reduction="none") * mask
         n_correct += int(((logits.argmax(-1) == y) & mask).sum())
         pos_nll += per_tok.sum(0).double().cpu()

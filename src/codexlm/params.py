@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError, safe_open
 
 from codexlm.errors import UserError
+from codexlm.schedule import interval_seconds
 
 PARAMS_FILE = "params.yaml"
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")  # the table formats prepare reads
@@ -240,7 +241,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 def _resumes_across(**constraints: Any) -> Any:
     """A train key that changes how a run is observed, stored or laid out on the hardware, not
     the weights it computes: left out of the checkpoint fingerprint, so a checkpoint written
-    under another value is still resumed (`checkpointer.run_fingerprint` reads this mark)."""
+    under another value is still resumed (`checkpoint_policy.run_fingerprint` reads this mark)."""
     return Field(json_schema_extra={"fingerprint": False}, **constraints)
 
 
@@ -282,13 +283,30 @@ class Train(_Block):
     eval_every: int = _resumes_across(gt=0)
     eval_batches: int = PositiveInt
     log_every: int = _resumes_across(gt=0)
-    checkpoint_every: int = _resumes_across(gt=0)
+    # steps (a positive integer), or wall-clock time between checkpoints ("90s", "30m", "2h")
+    # for machines that are preempted on a clock; see `interval_seconds`
+    checkpoint_every: int | str = _resumes_across()
     keep_checkpoints: int = _resumes_across(gt=0)
+    # after SIGTERM/SIGINT: the most seconds to finish the step and write its checkpoint
+    max_stop_seconds: float = _resumes_across(gt=0)
     resume: Literal["auto", "never"] = _resumes_across()
     final: Literal["last", "best"] = _resumes_across()  # picks among the same checkpoints
     max_bad_steps: int = PositiveInt
     nproc: int = _resumes_across(gt=0)
     strategy: Literal["ddp", "fsdp"]
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _steps_or_interval(cls, v: object) -> int | str:
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v > 0) or (
+            isinstance(v, str) and interval_seconds(v) is not None
+        )
+        if not ok:
+            raise ValueError(
+                "train.checkpoint_every: a number of steps (a positive integer) or a time "
+                f"interval such as 90s, 30m or 2h (got {v!r})"
+            )
+        return v  # type: ignore[return-value]
 
     @model_validator(mode="after")
     def _fsdp_needs_processes(self) -> Train:

@@ -10,7 +10,6 @@ installed versions, so that what dvc.lock records is what computed.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 import sys
@@ -21,6 +20,7 @@ import yaml
 
 from codexlm.atomic import write_text
 from codexlm.errors import UserError
+from codexlm.hashing import named_files_fingerprint
 
 VERSIONS_FILE = Path("versions.yaml")
 VERSIONS_HEADER = """\
@@ -65,10 +65,7 @@ def loaded_code() -> dict[str, Path]:
 
 def code_digest() -> str:
     """sha256 over the names and contents of the loaded code (`loaded_code`)."""
-    h = hashlib.sha256()
-    for key, path in loaded_code().items():
-        h.update(key.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()[:16]
+    return named_files_fingerprint(loaded_code())
 
 
 def declared_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:

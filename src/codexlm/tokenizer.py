@@ -19,8 +19,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from codexlm.atomic import replace_dir, sha256_file, write_json
+from codexlm.atomic import replace_dir, write_json
 from codexlm.errors import UserError
+from codexlm.hashing import file_sha256
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -213,8 +214,8 @@ def tokenize(
         "tokens": {s: c[0] for s, c in counts.items()},
         "bytes": {s: c[1] for s, c in counts.items()},
         "bytes_per_token": {s: round(c[1] / max(c[0], 1), 4) for s, c in counts.items()},
-        "sha256": {s: sha256_file(out_dir / f"{s}.bin") for s in splits},
-        "tokenizer_sha256": sha256_file(tok_dir / "tokenizer.json"),
+        "sha256": {s: file_sha256(out_dir / f"{s}.bin") for s in splits},
+        "tokenizer_sha256": file_sha256(tok_dir / "tokenizer.json"),
     }
     write_json(out_dir / "meta.json", meta)
     return meta

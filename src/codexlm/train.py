@@ -1,7 +1,8 @@
 """The training loop: accumulation, clipping, autocast, compile, DDP/FSDP, checkpoints.
 
 Read `train()` first: it sets up (optimizer, restore, compile and wrap), then runs each step
-as `train_step` -> `log` -> `validate` -> `checkpointer.maybe_save`, with the loop's counters
+as `train_step` -> `log` -> `validate` -> checkpoint (`checkpoint_policy.scheduled` or a
+stop, then `write_checkpoint` -> `checkpoint_policy.save`), with the loop's counters
 in one `LoopState`, which is what a checkpoint stores besides weights, optimizer and RNG.
 There is no host-device sync inside a step except at log intervals: losses, gradient norms
 and non-finite counts accumulate on the device, and a step with a non-finite gradient is
@@ -14,8 +15,11 @@ stage, timers in the benchmarks.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -28,14 +32,18 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from codexlm import checkpoint, checkpointer, parallel, provenance
+from codexlm import checkpoint_files, checkpoint_policy, parallel, provenance
 from codexlm.callbacks import Start, emit
+from codexlm.checkpoint_files import Checkpoint
 from codexlm.data import eval_batches, train_batch
+from codexlm.errors import MachineFault, is_out_of_memory
+from codexlm.hashing import fingerprint
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
 from codexlm.optim import MuonAdamW, build_optimizer, lr_at, set_lr, state_bytes
 from codexlm.parallel import Dist, weights_finite
+from codexlm.schedule import interval_seconds
 
 
 class TrainArgs(Protocol):
@@ -63,8 +71,9 @@ class TrainArgs(Protocol):
     eval_every: int
     eval_batches: int
     log_every: int
-    checkpoint_every: int
+    checkpoint_every: int | str  # steps, or a time interval ("30m": codexlm.schedule)
     keep_checkpoints: int
+    max_stop_seconds: float
     resume: str
     final: str
     max_bad_steps: int
@@ -209,14 +218,37 @@ class LoopState:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits.
 
-    def __init__(self) -> None:
+    A preempted machine is killed after a grace period, so the stop is bounded: if the step
+    and its checkpoint take longer than `max_seconds`, a watchdog exits without it (a write
+    in progress is a temp folder, never trusted) and the previous checkpoint is the resume.
+    """
+
+    def __init__(self, max_seconds: float, root: Path) -> None:
         self.signum: int | None = None
+        self.max_seconds, self.root = max_seconds, root
+        self._watchdog: threading.Timer | None = None
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:  # a second signal changes nothing: the watchdog is running
+            self._watchdog = threading.Timer(self.max_seconds, self._expire, args=(signum,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
         self.signum = signum
+
+    def _expire(self, signum: int) -> None:
+        last = checkpoint_files.complete(self.root)
+        resumes = f"a rerun resumes from {last[0]}" if last else "no checkpoint to resume from"
+        print(
+            f"train: stopped by {signal.Signals(signum).name} without a checkpoint of the "
+            f"current step: it did not finish within train.max_stop_seconds = "
+            f"{self.max_seconds:g}; {resumes}",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(128 + signum)  # the main thread is inside a step: nothing to unwind safely
 
     def requested(self, step: int, log_every: int, d: Dist) -> bool:
         """Whether to stop after `step`. With several processes they must agree, so the
@@ -230,13 +262,31 @@ class StopFlag:
         return bool(flag.item())
 
     def restore(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for s, h in self._old.items():
             signal.signal(s, h)
 
 
+def agreed(flag: bool, step: int, log_every: int, d: Dist) -> bool:
+    """A per-process decision all processes take together: at log steps only, any one's
+    (a collective per step would cost a sync)."""
+    if d.world == 1:
+        return flag
+    if step % log_every:
+        return False
+    t = torch.tensor([float(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 class Interrupted(Exception):
-    def __init__(self, signum: int, step: int) -> None:
-        super().__init__(f"stopped by signal {signum} after step {step}; checkpoint written")
+    def __init__(self, signum: int, step: int, path: Path | None) -> None:
+        where = f"checkpoint {path} written" if path else "checkpoint written"
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; {where}: "
+            "a rerun (`dvc repro`) resumes from it"
+        )
         self.signum = signum
 
 
@@ -378,20 +428,49 @@ class Rate:
         return (tokens_seen - self.tokens) / max(time.perf_counter() - self.t, 1e-9)
 
 
-def save_checkpoint(
-    parts: Parts, loop: LoopState, policy: checkpointer.Policy, d: Dist, callbacks: Sequence[Any]
-) -> float:
-    """Write this step's checkpoint; return the seconds it took."""
+def write_checkpoint(
+    parts: Parts,
+    loop: LoopState,
+    policy: checkpoint_policy.Policy,
+    d: Dist,
+    callbacks: Sequence[Any],
+) -> tuple[float, Path | None]:
+    """Write this step's checkpoint; return the seconds it took and its folder."""
     started = time.perf_counter()
     if not weights_finite(parts.raw, parts.mode, d.world):
         raise NonFiniteError(f"non-finite weights at step {loop.step}: checkpoint not written")
     if d.world > 1:  # each rank's loss sum, as the cross-rank mean the next log would take
         dist.all_reduce(loop.loss_sum)
         loop.loss_sum /= d.world
-    path = checkpointer.save(policy, parts.raw, parts.opt, parts.mode, loop.state_dict(), d)
+    path = checkpoint_policy.save(policy, parts.raw, parts.opt, parts.mode, loop.state_dict(), d)
     seconds = time.perf_counter() - started
     emit(callbacks, "on_checkpoint", loop.step, path, seconds)
-    return seconds
+    return seconds, path
+
+
+def plan(policy: checkpoint_policy.Policy, parts: Parts) -> None:
+    """Say at start when the checkpoint folder cannot hold what the run will keep."""
+    one = checkpoint_policy.estimated_bytes(parts.raw, state_bytes(parts.opt), policy.log_dir)
+    warning = checkpoint_policy.plan_space(policy, one)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def out_of_memory(
+    parts: Parts, loop: LoopState, cfg: TrainArgs, run: Run, policy: checkpoint_policy.Policy
+) -> MachineFault:
+    """The one line for memory exhausted in a step: the sizes that drove it, what to lower."""
+    where = "GPU" if run.dist.device.type == "cuda" else "CPU"
+    vocab = getattr(getattr(parts.raw, "config", None), "vocab_size", "?")
+    last = checkpoint_files.complete(policy.root)
+    resumes = f"a rerun resumes from {last[0].name}" if last else "no checkpoint yet"
+    return MachineFault(
+        f"train: out of {where} memory in step {loop.step + 1}: micro-batch of "
+        f"train.batch_size {cfg.batch_size} x model.context {run.context} tokens, vocab "
+        f"{vocab}, {count_params(parts.raw):,} parameters; lower train.batch_size and raise "
+        f"train.grad_accum to keep the global batch ({cfg.batch_size} x {cfg.grad_accum} "
+        f"now), or lower model.context ({resumes})"
+    )
 
 
 def model_flops_per_token(raw: torch.nn.Module, context: int) -> float:
@@ -415,7 +494,7 @@ def arithmetic(parts: Parts) -> dict[str, str]:
 
 
 def announce(
-    ckpt: checkpoint.Checkpoint | None, loop: LoopState, parts: Parts, cfg: TrainArgs, d: Dist
+    ckpt: Checkpoint | None, loop: LoopState, parts: Parts, cfg: TrainArgs, d: Dist
 ) -> None:
     if not d.main:
         return
@@ -458,33 +537,41 @@ def train(
     d = run.dist
     seed_everything(run.seed)
     parts = setup(model, cfg, d)
-    policy = checkpointer.Policy(
+    policy = checkpoint_policy.Policy(
         run.ckpt_dir,
         # params and data, and the code and packages that compute them: a checkpoint of
         # other code is never resumed as if it were this run's
         identity={
             "params": run.fingerprint,
             "code": provenance.code_digest(),
-            "packages": checkpoint.fingerprint(provenance.package_versions()),
+            "packages": fingerprint(provenance.package_versions()),
             "arithmetic": ", ".join(f"{k} {v}" for k, v in arithmetic(parts).items()),
         },
-        every=cfg.checkpoint_every,
+        every=cfg.checkpoint_every if isinstance(cfg.checkpoint_every, int) else None,
+        every_seconds=interval_seconds(cfg.checkpoint_every),
         keep=cfg.keep_checkpoints,
         resume=cfg.resume,
         final=cfg.final,
         log_dir=run.log_dir,
     )
     loop = LoopState(d.device)
-    ckpt = checkpointer.restore(policy, parts.raw, parts.opt, parts.mode, d)
+    ckpt = checkpoint_policy.restore(policy, parts.raw, parts.opt, parts.mode, d)
     if ckpt is not None:
         loop.load_state_dict(ckpt.state["loop"])
     announce(ckpt, loop, parts, cfg, d)
+    if d.main:
+        plan(policy, parts)
     wrap(parts, cfg, d)
     reporters = callbacks if d.main else ()
     emit(reporters, "on_start", start_info(parts, loop, cfg, ckpt is not None))
     try:
-        run_steps(parts, loop, policy, train_tokens, val_tokens, cfg, run, reporters)
-        best = checkpointer.load_final(policy, parts.raw, parts.mode, d)
+        try:
+            run_steps(parts, loop, policy, train_tokens, val_tokens, cfg, run, reporters)
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(e):
+                raise
+            raise out_of_memory(parts, loop, cfg, run, policy) from None
+        best = checkpoint_policy.load_final(policy, parts.raw, parts.mode, d)
         if best is not None:
             loop.val_loss = best.state["val_loss"]
             if d.main:
@@ -506,7 +593,7 @@ def train(
 def run_steps(
     parts: Parts,
     loop: LoopState,
-    policy: checkpointer.Policy,
+    policy: checkpoint_policy.Policy,
     train_tokens: np.ndarray,
     val_tokens: np.ndarray,
     cfg: TrainArgs,
@@ -529,7 +616,8 @@ def run_steps(
     tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * run.context
     rate = Rate(loop.tokens_seen, model_flops_per_token(parts.raw, run.context), device_name(d))
     batches = device_batches(train_tokens, run.seed, loop.step, cfg, run.context, d)
-    stop = StopFlag()
+    stop = StopFlag(cfg.max_stop_seconds, policy.root)
+    last_saved = time.monotonic()
     restore_determinism = deterministic_kernels(d.device)  # around the loop: it compiles
     try:
         for step in range(loop.step, cfg.steps):
@@ -541,13 +629,19 @@ def run_steps(
             if done % cfg.log_every == 0 or done == cfg.steps:
                 emit(callbacks, "on_log", done, log_metrics(loop, lr, cfg, d, rate))
                 rate.restart(loop.tokens_seen)
-            if done % cfg.eval_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                validate(done)
+            since = time.monotonic() - last_saved
+            scheduled = checkpoint_policy.scheduled(policy, done, cfg.steps, since)
+            if policy.every_seconds is not None and done < cfg.steps:
+                scheduled = agreed(scheduled, done, cfg.log_every, d)  # the same step on all
+            if done % cfg.eval_every == 0 or scheduled:
+                validate(done)  # a scheduled checkpoint carries its own step's loss (`best`)
             stopping = stop.requested(done, cfg.log_every, d)
-            if checkpointer.due(policy, done, cfg.steps, stopping):
-                rate.exclude(save_checkpoint(parts, loop, policy, d, callbacks))
-            if stopping and done < cfg.steps:
-                raise Interrupted(stop.signum or signal.SIGTERM, done)
+            if stopping or scheduled:
+                seconds, path = write_checkpoint(parts, loop, policy, d, callbacks)
+                rate.exclude(seconds)
+                last_saved = time.monotonic()
+                if stopping and done < cfg.steps:
+                    raise Interrupted(stop.signum or signal.SIGTERM, done, path)
     finally:
         restore_determinism()
         stop.restore()
