@@ -341,7 +341,7 @@ def test_command_scores_samples_from_anywhere(tmp_path: Path) -> None:
                 "entry_point": "neg",
                 "test": "def check(f):\n    assert f(2) == -2\n",
             }
-        )  # fmt: skip
+        )
         + "\n"
     )
     samples = tmp_path / "samples.jsonl"
