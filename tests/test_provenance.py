@@ -25,6 +25,7 @@ STAGES = {
     "train": "stages/train.py",
     "evaluate": "stages/evaluate.py",
     "export": "stages/export.py",
+    "codeeval": "stages/codeeval.py",
 }
 
 
