@@ -85,6 +85,8 @@ class Data(_Block):
     # estimated Jaccard similarity (character 5-grams) from which two documents are near
     # duplicates and go to the same split; 1 groups only (near-)identical signatures
     near_dup_threshold: float = Field(gt=0, le=1)
+    # drop documents sharing a 13-word sequence with these problems (codexlm.decontam)
+    decontaminate: Literal["humaneval", "none"]
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Data:
