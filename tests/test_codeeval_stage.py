@@ -6,13 +6,15 @@ is deterministic: greedy twice is identical, and sampling reproduces from the se
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT, copy_repo, default_params, model_args, run
 
-from codexlm import codeeval
+from codexlm import codeeval, params
+from codexlm.errors import UserError
 from codexlm.generate import complete
 from codexlm.model import build_model, save_model
 from codexlm.tokenizer import save_tokenizer, train_bpe
@@ -77,27 +79,54 @@ def test_greedy_is_identical_twice_and_sampling_reproduces(trained) -> None:
         assert raw == cut or any(raw[len(cut) :].startswith(s) for s in codeeval.CODEX_STOPS)
 
 
-def _stage(tmp: Path, trained_dir: Path, problems: list, name: str) -> dict:
-    file = tmp / f"{name}.jsonl"
-    file.write_text("".join(json.dumps(p.__dict__) + "\n" for p in problems))
-    params = default_params()
-    params["codeeval"].update(problems=str(file), limit=0, max_new_tokens=48, timeout_s=3.0)
-    repo = copy_repo(tmp / name, params)
-    save_dir = repo / "models" / "trained"
-    save_dir.parent.mkdir(parents=True)
-    save_dir.symlink_to(trained_dir)
-    run([str(ROOT / ".venv" / "bin" / "python"), "stages/codeeval.py"], repo)
-    return json.loads((repo / "reports" / "codeeval" / "metrics.json").read_text())
-
-
 def test_stage_scores_a_model_that_learned_the_solutions(trained, tmp_path: Path) -> None:
+    """One stage run over the learned problems and the same prompts with tests that cannot
+    pass: the first score, the second do not (the same completions, so the tests decide)."""
     problems, _, _, folder, loss = trained
-    metrics = _stage(tmp_path, folder, problems, "learned")
-    assert metrics["pass@1"] > 0, (metrics, loss)
-    assert metrics["sandbox_level"] == "full" and metrics["problems"] == len(TASKS)
-    # the same completions against tests that cannot pass: 0
     failing = [
-        codeeval.Problem(p.task_id, p.prompt, p.entry_point, "def check(f):\n    assert False\n")
+        codeeval.Problem(
+            f"{p.task_id}/failing", p.prompt, p.entry_point, "def check(f):\n    assert False\n"
+        )
         for p in problems
     ]
-    assert _stage(tmp_path, folder, failing, "failing")["pass@1"] == 0.0
+    file = tmp_path / "problems.jsonl"
+    file.write_text("".join(json.dumps(p.__dict__) + "\n" for p in [*problems, *failing]))
+    params = default_params()
+    params["codeeval"].update(problems=str(file), limit=0, max_new_tokens=48, timeout_s=3.0)
+    repo = copy_repo(tmp_path / "repo", params)
+    (repo / "models").mkdir()
+    (repo / "models" / "trained").symlink_to(folder)
+    proc = run([str(ROOT / ".venv" / "bin" / "python"), "stages/codeeval.py"], repo)
+    assert "codeeval: pass@1" in proc.stdout
+    out = repo / "reports" / "codeeval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sandbox_level"] == "full" and metrics["problems"] == 2 * len(TASKS)
+    assert metrics["tokens_per_s"] > 0
+    results = {
+        r["task_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    }
+    learned = sum(results[p.task_id]["greedy_passed"] for p in problems)
+    assert learned > 0, (results, loss)
+    assert sum(results[p.task_id]["greedy_passed"] for p in failing) == 0
+    assert metrics["pass@1"] == learned / (2 * len(TASKS))
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    # stop sequences cut the completion only, and the raw text is kept beside it
+    assert all(s["raw"].startswith(s["completion"]) for s in samples)
+    assert {s["mode"] for s in samples} == {"greedy"}
+
+
+def test_codeeval_params_mistakes_are_one_line() -> None:
+    for key, value, words in [
+        ("sandbox", "none", "codeeval.sandbox"),
+        ("problems", "no/such.jsonl", "codeeval.problems"),
+        ("k", [0], "codeeval.k"),
+        ("colour", 1, "codeeval.colour: unknown key"),
+    ]:
+        raw = default_params()
+        raw["codeeval"][key] = value
+        with pytest.raises(UserError, match=re.escape(words)):
+            params.parse(raw)
+    raw = default_params()
+    raw["codeeval"].update(greedy=False, samples=0)
+    with pytest.raises(UserError, match="scores nothing"):
+        params.parse(raw)
