@@ -127,6 +127,10 @@ def test_codeeval_params_mistakes_are_one_line() -> None:
         with pytest.raises(UserError, match=re.escape(words)):
             params.parse(raw)
     raw = default_params()
+    raw["codeeval"]["max_new_tokens"] = raw["model"]["context"]
+    with pytest.raises(UserError, match=r"codeeval\.max_new_tokens: .* model\.context"):
+        params.parse(raw)
+    raw = default_params()
     raw["codeeval"].update(greedy=False, samples=0)
     with pytest.raises(UserError, match="scores nothing"):
         params.parse(raw)

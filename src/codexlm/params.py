@@ -394,6 +394,16 @@ class Params(_Block):
         return self
 
     @model_validator(mode="after")
+    def _completions_fit_the_context(self) -> Params:
+        # a from-scratch model has model.context positions: the completion needs room in them
+        if self.model.from_scratch and self.codeeval.max_new_tokens >= self.model.context:
+            raise ValueError(
+                f"codeeval.max_new_tokens: {self.codeeval.max_new_tokens} leaves no room for "
+                f"the prompt in model.context ({self.model.context}); set it below model.context"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _lora_needs_a_base(self) -> Params:
         if self.lora.enabled and self.model.from_scratch:
             raise ValueError(
