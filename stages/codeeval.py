@@ -54,7 +54,12 @@ def main() -> None:
         completions = [codeeval.truncate(r, c.stop) for r in gen.raw]
         ids = [pr.task_id for pr in problems for _ in range(n)]
         results = codeeval.score(
-            problems, list(zip(ids, completions, strict=True)), sb, limits, c.workers
+            problems,
+            list(zip(ids, completions, strict=True)),
+            sb,
+            limits,
+            c.workers,
+            humaneval=c.problems == codeeval.HUMANEVAL,
         )
         table = codeeval.summarize(results, [1] if mode == "greedy" else c.k)
         metrics.update(table if mode == "greedy" else {f"sampled/{k}": v for k, v in table.items()})
@@ -82,6 +87,11 @@ def main() -> None:
             "sandbox_backend": sb.backend,
             "tokens_per_s": gen_tokens / gen_seconds if gen_seconds else 0.0,
             "batch_size": c.batch_size,
+            "max_new_tokens": c.max_new_tokens,
+            "temperature": c.temperature if c.samples else 0.0,
+            "top_p": c.top_p,
+            "timeout_s": c.timeout_s,
+            "memory_mb": c.memory_mb,
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "device": device.type,
             "truncated_prompts": truncated,

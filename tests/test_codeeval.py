@@ -173,6 +173,22 @@ def test_a_harness_that_passes_a_premature_exit_stops_the_run(humaneval, sb, mon
         codeeval.score(humaneval[:1], [("HumanEval/0", "")], sb, LIMITS, workers=1)
 
 
+def test_a_harness_that_passes_everything_stops_on_humaneval(humaneval, sb, monkeypatch) -> None:
+    """human-eval issue #16: with exec commented out every sample passed. The negative
+    controls stop such a run (on HumanEval, where they are known to fail)."""
+    real = sandbox.run_program
+
+    def runs_nothing(sb_, limits, source):
+        if "os._exit(0)" in source or "SystemExit(0)" in source:
+            return real(sb_, limits, source)  # only the exit controls are run for real
+        return sandbox.Outcome("passed", "", 0.0)
+
+    monkeypatch.setattr(sandbox, "run_program", runs_nothing)
+    with pytest.raises(UserError, match="the control completion '', which must fail, passed"):
+        codeeval.score(humaneval[:1], [("HumanEval/0", "")], sb, LIMITS, 1, humaneval=True)
+    codeeval.score(humaneval[:1], [("HumanEval/0", "")], sb, LIMITS, 1)  # not known: not run
+
+
 def test_refuses_below_the_configured_level(sb) -> None:
     weaker = sandbox._probe_backend("plain", sb.tools, sb.python, LIMITS)
     assert weaker["runs"] and weaker["rlimits"]

@@ -29,6 +29,9 @@ CODEX_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 # Completions no correct harness passes on any problem: the module exits before check() runs.
 # Every run scores them first and stops as a broken harness if one passes.
 CONTROLS = ("    import os\n    os._exit(0)\nimport os\nos._exit(0)\n", "\nraise SystemExit(0)\n")
+# Completions that fail every HumanEval problem (0/164, tests/test_codeeval.py): also run first
+# when the problem set is HumanEval's
+HUMANEVAL_NEGATIVES = ("", "    pass\n", "    return None\n")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ def score(
     sb: sandbox.Sandbox,
     limits: sandbox.Limits,
     workers: int,
+    humaneval: bool = False,
 ) -> list[Result]:
     """Run every (task_id, completion) in the sandbox, `workers` at a time, after the
     controls; results in sample order, completion_id counting per task."""
@@ -92,7 +96,7 @@ def score(
         raise UserError(
             f"samples: task_id {unknown[0]!r} is not in the problem set ({len(unknown)} unknown)"
         )
-    check_harness(problems[0], sb, limits)
+    check_harness(problems[0], sb, limits, HUMANEVAL_NEGATIVES if humaneval else ())
     ids: dict[str, int] = defaultdict(int)
     jobs = []
     for task_id, completion in samples:
@@ -110,14 +114,16 @@ def score(
         return list(pool.map(run, jobs))
 
 
-def check_harness(problem: Problem, sb: sandbox.Sandbox, limits: sandbox.Limits) -> None:
+def check_harness(
+    problem: Problem, sb: sandbox.Sandbox, limits: sandbox.Limits, negatives: Sequence[str] = ()
+) -> None:
     """Stop before scoring if the harness can be fooled or cannot pass a correct program."""
-    for completion in CONTROLS:
+    for completion in (*CONTROLS, *negatives):
         out = sandbox.run_program(sb, limits, program(problem, completion))
         if out.passed:
             raise UserError(
-                "harness broken: a completion that exits before check() passed on "
-                f"{problem.task_id}"
+                f"harness broken: the control completion {completion!r}, which must fail, "
+                f"passed on {problem.task_id}"
             )
     if problem.canonical_solution:
         out = sandbox.run_program(sb, limits, program(problem, problem.canonical_solution))
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         limits = sandbox.Limits(timeout_s=a.timeout, memory_mb=a.memory_mb)
         sb = sandbox.probe(limits)
         sandbox.require(sb, a.sandbox)
-        results = score(problems, samples, sb, limits, a.workers)
+        results = score(problems, samples, sb, limits, a.workers, a.problems == HUMANEVAL)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
