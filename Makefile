@@ -18,6 +18,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "from codexlm.provenance import write_versions; write_versions()"
+	@# the codeeval stage's sandbox (docs/codeeval.md): bubblewrap, installed here when root
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; } \
+	  || echo "note: codeeval needs bubblewrap for its full sandbox: apt-get install bubblewrap"
 	touch $(STAMP)
 
 # With a default DVC remote (docs/experiments.md) `--pull` fetches the run-cache and

@@ -40,11 +40,14 @@ def main() -> None:
         near_dup_threshold=p.near_dup_threshold,
         out_dir=Path("data/prepared"),
         source_identity=identity,
+        decontaminate=p.decontaminate,
     )
     near = stats["near_duplicates"]
     print(
         f"prepare: documents {stats['documents']}, dropped {stats['dropped']}, "
-        f"near-duplicate groups {near['groups']} ({near['documents']} documents)"
+        f"near-duplicate groups {near['groups']} ({near['documents']} documents), "
+        f"decontaminated against {p.decontaminate}: "
+        f"{stats['decontamination']['dropped']} documents dropped"
     )
 
 

