@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import (
@@ -16,13 +16,14 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
-    LlamaConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
+from codexlm.params import OPTION_DEFAULTS, arch_defaults, config_key
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -40,6 +41,8 @@ class ModelArgs(Protocol):
     d_model: int
     context: int
     dropout: float
+    # also n_kv_head, ffn_mult, activation, tie_embeddings, logit_softcap: read with
+    # `_option`, since bench's hand-made blocks predate them
 
 
 class LoraArgs(Protocol):
@@ -50,48 +53,89 @@ class LoraArgs(Protocol):
     target_modules: str | list[str]
 
 
-def build_model(
-    cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int, seed: int
-) -> PreTrainedModel:
-    """A freshly initialised llama or gpt2 with tied input/output embeddings."""
-    arch, n_layer, n_head, d_model = cfg.arch, cfg.n_layer, cfg.n_head, cfg.d_model
-    context, dropout = cfg.context, cfg.dropout
-    common = dict(
+# Architectures whose MLP is gated (three matrices): "auto" width is 8/3 x d_model, which
+# costs what a 4x two-matrix MLP costs. Others get 4x.
+GATED_MLP = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2"}
+    | {"phi3", "granite", "cohere", "starcoder2_gated"}
+)
+
+
+def _option(cfg: ModelArgs, name: str) -> Any:
+    """An option of the model block, or the value that keeps today's build when the block
+    (one of bench's namespaces) does not have it."""
+    fallback = {"tie_embeddings": True, **OPTION_DEFAULTS}
+    return getattr(cfg, name, fallback[name])
+
+
+def ffn_width(arch: str, d_model: int, ffn_mult: str | float) -> int:
+    """The MLP's hidden width, rounded up to a multiple of 64 like the vocabulary."""
+    mult = ffn_mult if ffn_mult != "auto" else (8 / 3 if arch in GATED_MLP else 4)
+    return padded_vocab(int(mult * d_model), 64)
+
+
+def model_config(cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int) -> PretrainedConfig:
+    """The transformers config of `cfg.arch` with the block's sizes and options: every
+    option left at its default keeps the architecture's own (gpt2 and llama: today's)."""
+    arch, d_model, n_head = cfg.arch, cfg.d_model, cfg.n_head
+    kw: dict[str, Any] = dict(
         vocab_size=padded_vocab(vocab_size),
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=_option(cfg, "tie_embeddings"),
     )
+    ffn_mult, act = _option(cfg, "ffn_mult"), _option(cfg, "activation")
+    if arch == "gpt2":
+        kw.update(n_embd=d_model, n_layer=cfg.n_layer, n_head=n_head, n_positions=cfg.context)
+        kw.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
+        if ffn_mult != "auto":
+            kw["n_inner"] = ffn_width(arch, d_model, ffn_mult)
+        if act != "auto":
+            kw["activation_function"] = act
+        return GPT2Config(**kw)
+    defaults = arch_defaults(arch)
+    if defaults is None:
+        raise UserError(f"model.arch: {arch!r} is not a transformers causal-LM model type")
+    kw.update(
+        hidden_size=d_model,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=n_head,
+        max_position_embeddings=cfg.context,
+    )
+    optional = {
+        "n_kv_head": _option(cfg, "n_kv_head") or n_head,
+        "ffn_mult": ffn_width(arch, d_model, ffn_mult),
+        "activation": act,
+        "logit_softcap": _option(cfg, "logit_softcap") or None,
+        "dropout": cfg.dropout,
+    }
+    for option, value in optional.items():
+        key = config_key(arch, option)
+        # what the arch lacks was refused at params time unless left at its default
+        if key in defaults and value not in ("auto", None):
+            kw[key] = value
+    if "head_dim" in defaults:
+        # qwen3, mistral and gemma default to 128 or 256 channels whatever the width
+        kw["head_dim"] = d_model // n_head
+    if "query_pre_attn_scalar" in defaults:
+        kw["query_pre_attn_scalar"] = d_model // n_head  # gemma: scores scaled by 1/sqrt(head)
     if arch == "llama":
-        config = LlamaConfig(
-            hidden_size=d_model,
-            # SwiGLU's three matrices at 8/3 x width cost what a 4x GELU MLP costs
-            intermediate_size=padded_vocab(int(8 * d_model / 3), 64),
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
-            num_key_value_heads=n_head,
-            max_position_embeddings=context,
-            attention_dropout=dropout,
-            rms_norm_eps=1e-5,
-            **common,
-        )
-    elif arch == "gpt2":
-        config = GPT2Config(
-            n_embd=d_model,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_positions=context,
-            resid_pdrop=dropout,
-            embd_pdrop=dropout,
-            attn_pdrop=dropout,
-            **common,
-        )
-    else:  # the params schema only lets these two through
-        raise ValueError(f"unknown arch {arch!r}")
+        kw["rms_norm_eps"] = 1e-5  # llama's build before model.arch took any model type
+    return AutoConfig.for_model(arch, **kw)
+
+
+def build_model(
+    cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int, seed: int
+) -> PreTrainedModel:
+    """A freshly initialised model of `cfg.arch` (input/output embeddings tied by default)."""
+    config = model_config(cfg, vocab_size, eos_id, pad_id)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    return model
+    try:
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    except ValueError:  # an architecture without an SDPA attention: its own (eager) one
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_model(path: Path) -> PreTrainedModel:
@@ -156,6 +200,7 @@ def lora_targets(model: PreTrainedModel) -> tuple[list[str], bool]:
         n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     }
     wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    wanted += ["qkv_proj", "gate_up_proj"]  # phi3 fuses them
     found = [n for n in wanted if n in names]
     if not found:
         raise UserError(
