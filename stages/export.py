@@ -17,6 +17,7 @@ from codexlm import params, provenance
 from codexlm.card import model_card
 from codexlm.errors import UserError, run_stage
 from codexlm.export import ParityError, export, lineage
+from codexlm.gguf_export import arch_unsupported as gguf_arch_unsupported
 from codexlm.gguf_export import file_name as gguf_file_name
 from codexlm.gguf_export import unsupported as gguf_unsupported
 
@@ -25,24 +26,33 @@ NAME = "codexlm"
 TRAINED = Path("models/trained")
 
 
-def check_gguf(p: params.Params) -> None:
-    """Refuse, before any work, a GGUF of a model or tokenizer llama.cpp would misread."""
+def check_gguf(p: params.Params) -> str:
+    """The GGUF type to write: export.gguf, or "none" (said in one line) for a model type the
+    GGUF export does not cover. Refuses, before any work, a tokenizer llama.cpp would
+    misread."""
     if p.export.gguf == "none":
-        return
+        return "none"
     weights = Path(p.model.init) if p.lora.enabled else TRAINED
     model_type = json.loads((weights / "config.json").read_text())["model_type"]
+    arch_reason = gguf_arch_unsupported(model_type)
+    if arch_reason is not None:
+        # not an error: export.gguf is on by default, and the Hugging Face folder is still
+        # the export of any architecture
+        print(f"export: no GGUF written: {arch_reason}")
+        return "none"
     tokenizer = json.loads((TRAINED / "tokenizer.json").read_text(encoding="utf-8"))
     reason = gguf_unsupported(model_type, tokenizer)
     if reason is not None:
         raise UserError(f"export.gguf: cannot write {reason} as GGUF; set export.gguf: none")
+    return p.export.gguf
 
 
 def main() -> None:
     p = params.load()
     provenance.check_environment()  # after params: their mistakes are the commonest
-    check_gguf(p)
+    gguf = check_gguf(p)
     raw_params = yaml.safe_load(Path(params.PARAMS_FILE).read_text())
-    gguf_file = None if p.export.gguf == "none" else gguf_file_name(NAME, p.export.gguf)
+    gguf_file = None if gguf == "none" else gguf_file_name(NAME, gguf)
     card = model_card(
         {
             "name": NAME,
@@ -67,7 +77,7 @@ def main() -> None:
             p.seed,
             p.export.parity_atol,
             card,
-            gguf=p.export.gguf,
+            gguf=gguf,
             gguf_name=NAME,
         )
     except ParityError as e:

@@ -6,6 +6,7 @@ Models are plain Hugging Face `transformers` classes, so what we train is what
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,10 +21,11 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.activations import ACT2CLS
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
-from codexlm.params import OPTION_DEFAULTS, arch_defaults, config_key
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -53,6 +55,52 @@ class LoraArgs(Protocol):
     target_modules: str | list[str]
 
 
+# A from-scratch option and the config attribute it sets, for configs that use transformers'
+# usual names (llama's); ARCH_KEYS lists the architectures that name them otherwise. An
+# option whose attribute an architecture's config lacks (None here) is refused for it.
+CONFIG_KEYS: dict[str, str | None] = {
+    "n_kv_head": "num_key_value_heads",
+    "ffn_mult": "intermediate_size",
+    "activation": "hidden_act",
+    "logit_softcap": "final_logit_softcapping",
+    "dropout": "attention_dropout",
+}
+ARCH_KEYS: dict[str, dict[str, str | None]] = {
+    "gpt2": {
+        "n_kv_head": None,
+        "ffn_mult": "n_inner",
+        "activation": "activation_function",
+        "dropout": "attn_pdrop",  # and resid_pdrop, embd_pdrop: model.build_model sets all
+    },
+    "gemma3_text": {"activation": "hidden_activation"},
+    "gemma2": {"activation": "hidden_activation"},
+}
+# The option values that leave an architecture as transformers defines it (today's build)
+OPTION_DEFAULTS: dict[str, Any] = {
+    "n_kv_head": 0,
+    "ffn_mult": "auto",
+    "activation": "auto",
+    "logit_softcap": 0.0,
+    "dropout": 0.0,
+}
+
+
+def config_key(arch: str, option: str) -> str | None:
+    return ARCH_KEYS.get(arch, {}).get(option, CONFIG_KEYS[option])
+
+
+@functools.cache
+def arch_defaults(arch: str) -> dict[str, Any] | None:
+    """transformers' default config of a causal-LM model type as a dict, or None if it has
+    none that builds without remote code."""
+    if arch not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return None
+    try:
+        return AutoConfig.for_model(arch).to_dict()
+    except (ValueError, KeyError, ImportError):
+        return None
+
+
 # Architectures whose MLP is gated (three matrices): "auto" width is 8/3 x d_model, which
 # costs what a 4x two-matrix MLP costs. Others get 4x.
 GATED_MLP = frozenset(
@@ -72,6 +120,35 @@ def ffn_width(arch: str, d_model: int, ffn_mult: str | float) -> int:
     """The MLP's hidden width, rounded up to a multiple of 64 like the vocabulary."""
     mult = ffn_mult if ffn_mult != "auto" else (8 / 3 if arch in GATED_MLP else 4)
     return padded_vocab(int(mult * d_model), 64)
+
+
+def check_arch(cfg: ModelArgs) -> None:
+    """A from-scratch model block's arch exists and has each option set away from its
+    default: one line naming the key and the arch, before any work (stages/check.py, and
+    the train stage before it builds)."""
+    if getattr(cfg, "init", "scratch") != "scratch":
+        return
+    defaults = arch_defaults(cfg.arch)
+    if defaults is None:
+        raise UserError(
+            f"model.arch: {cfg.arch!r} is not a transformers causal-LM model type that builds "
+            "from a config without remote code (e.g. llama, gpt2, qwen3, mistral, gemma3_text, "
+            "olmo2, phi3)"
+        )
+    for option, default in OPTION_DEFAULTS.items():
+        value = _option(cfg, option)
+        key = config_key(cfg.arch, option)
+        if value != default and (key is None or key not in defaults):
+            raise UserError(
+                f"model.{option}: {cfg.arch} has no such option (its config has no "
+                f"{key or 'equivalent'}); set model.{option}: {default} or another model.arch"
+            )
+    activation = _option(cfg, "activation")
+    if activation != "auto" and activation not in ACT2CLS:
+        raise UserError(
+            f"model.activation: {activation!r} is not one of transformers' activations "
+            f"({', '.join(sorted(ACT2CLS))})"
+        )
 
 
 def model_config(cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int) -> PretrainedConfig:
@@ -94,9 +171,9 @@ def model_config(cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int) -> P
         if act != "auto":
             kw["activation_function"] = act
         return GPT2Config(**kw)
+    check_arch(cfg)
     defaults = arch_defaults(arch)
-    if defaults is None:
-        raise UserError(f"model.arch: {arch!r} is not a transformers causal-LM model type")
+    assert defaults is not None  # check_arch refused it otherwise
     kw.update(
         hidden_size=d_model,
         num_hidden_layers=cfg.n_layer,

@@ -6,7 +6,6 @@ source of truth and a typo fails before any work with one line naming the key.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from pathlib import Path
@@ -121,66 +120,12 @@ class Tokenizer(_Block):
     max_train_mb: float = Field(ge=0.01, le=1_000_000)
 
 
-# A from-scratch option and the config attribute it sets, for configs that use transformers'
-# usual names (llama's); ARCH_KEYS lists the architectures that name them otherwise. An
-# option whose attribute an architecture's config lacks (None here) is refused for it.
-CONFIG_KEYS: dict[str, str | None] = {
-    "n_kv_head": "num_key_value_heads",
-    "ffn_mult": "intermediate_size",
-    "activation": "hidden_act",
-    "logit_softcap": "final_logit_softcapping",
-    "dropout": "attention_dropout",
-}
-ARCH_KEYS: dict[str, dict[str, str | None]] = {
-    "gpt2": {
-        "n_kv_head": None,
-        "ffn_mult": "n_inner",
-        "activation": "activation_function",
-        "dropout": "attn_pdrop",  # and resid_pdrop, embd_pdrop: model.build_model sets all
-    },
-    "gemma3_text": {"activation": "hidden_activation"},
-    "gemma2": {"activation": "hidden_activation"},
-}
-# The option values that leave an architecture as transformers defines it (today's build)
-OPTION_DEFAULTS: dict[str, Any] = {
-    "n_kv_head": 0,
-    "ffn_mult": "auto",
-    "activation": "auto",
-    "logit_softcap": 0.0,
-    "dropout": 0.0,
-}
-
-
-def config_key(arch: str, option: str) -> str | None:
-    return ARCH_KEYS.get(arch, {}).get(option, CONFIG_KEYS[option])
-
-
-@functools.cache
-def arch_defaults(arch: str) -> dict[str, Any] | None:
-    """transformers' default config of a causal-LM model type as a dict, or None if it has
-    none that builds without remote code. Imported here, not at the top: only a check of a
-    from-scratch model needs transformers."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if arch not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return None
-    try:
-        return AutoConfig.for_model(arch).to_dict()
-    except (ValueError, KeyError, ImportError):
-        return None
-
-
-def causal_archs() -> list[str]:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-
-
 class Model(_Block):
     init: str = Field(min_length=1)
     # any transformers causal-LM model_type (llama, gpt2, qwen3, mistral, gemma3_text, olmo2,
-    # phi3, ...), built from its config class; remote code is never run
+    # phi3, ...), built from its config class; remote code is never run. Whether the type
+    # exists and has the options set is model.check_arch's (stages/check.py runs it): it
+    # needs transformers, which this module, in every stage's import closure, does not import
     arch: str = Field(pattern=r"^[a-z0-9_]+$")
     n_layer: int = PositiveInt
     n_head: int = PositiveInt
@@ -201,38 +146,11 @@ class Model(_Block):
         return v
 
     @model_validator(mode="after")
-    def _arch_has_the_options(self) -> Model:
-        """The architecture exists and has each option set away from its default: checked
-        here, so that no stage starts on a model that cannot be built."""
-        if not self.from_scratch:
-            return self
-        defaults = arch_defaults(self.arch)
-        if defaults is None:
-            raise ValueError(
-                f"model.arch: {self.arch!r} is not a transformers causal-LM model type that "
-                "builds from a config without remote code (e.g. llama, gpt2, qwen3, mistral, "
-                "gemma3_text, olmo2, phi3)"
-            )
-        for option, default in OPTION_DEFAULTS.items():
-            value = getattr(self, option)
-            key = config_key(self.arch, option)
-            if value != default and (key is None or key not in defaults):
-                raise ValueError(
-                    f"model.{option}: {self.arch} has no such option (its config has no "
-                    f"{key or 'equivalent'}); set model.{option}: {default} or another model.arch"
-                )
+    def _kv_heads_divide(self) -> Model:
         if self.n_kv_head and self.n_head % self.n_kv_head:
             raise ValueError(
                 f"model.n_kv_head: {self.n_kv_head} does not divide model.n_head {self.n_head}"
             )
-        if self.activation != "auto":
-            from transformers.activations import ACT2CLS
-
-            if self.activation not in ACT2CLS:
-                raise ValueError(
-                    f"model.activation: {self.activation!r} is not one of transformers' "
-                    f"activations ({', '.join(sorted(ACT2CLS))})"
-                )
         return self
 
     @field_validator("d_model")
