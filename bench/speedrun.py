@@ -78,8 +78,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 # Round two (issue 30): architecture, vocabulary and context levers, each alone on top of
 # today's default (`--round 2` makes it the baseline, under every candidate's changes).
 # Depth against width keeps the blocks' matrices at ~4 x 128^2 weights (L x d^2: 6 x 104^2,
-# 2 x 184^2); context keeps the tokens a step (24 x 128). Not here: attention that stops at document boundaries, which needs the
-# loop to pass per-window position ids (train.py), not a param.
+# 2 x 184^2); context keeps the tokens a step (24 x 128). Not here: attention that stops at
+# document boundaries, which needs the loop to pass per-window position ids (train.py).
 DEFAULT = {**BETAS, "train.batch_size": 24}
 ROUND_TWO: dict[str, dict[str, Any]] = {
     "qk-norm (qwen3)": {"model.arch": "qwen3"},
