@@ -5,6 +5,7 @@ the default build unchanged; options an architecture lacks refused at params tim
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,25 @@ def test_export_stage_says_when_no_gguf_is_written() -> None:
     assert arch_unsupported("qwen3") is None and arch_unsupported("mistral") is None
     # a model type llama.cpp does not have at all is named too
     assert "bloom" in arch_unsupported("bloom")
+
+
+def test_export_stage_skips_the_gguf_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """stages/export.py on an olmo2: export.gguf left on, no GGUF, one line, no error."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_stage", ROOT / "stages" / "export.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    trained = tmp_path / "models" / "trained"
+    trained.mkdir(parents=True)
+    (trained / "config.json").write_text(json.dumps({"model_type": "olmo2"}))
+    monkeypatch.chdir(tmp_path)
+    p = params.parse(default_params())
+    assert p.export.gguf == "f16"
+    assert stage.check_gguf(p) == "none"
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("export: no GGUF written: model type 'olmo2'") and "\n" not in out
+    (trained / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (trained / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram"}}))
+    with pytest.raises(UserError, match=r"export\.gguf: cannot write a tokenizer"):
+        stage.check_gguf(p)  # a tokenizer llama.cpp would misread is still refused
