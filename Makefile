@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test lint format bench clean stdlib verify-lock
+.PHONY: install repro test lint format bench clean stdlib verify-lock recipe
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# a named param set for a bigger machine (recipes/NAME.yaml): prints its parameter count,
+# FLOPs per token and estimated tokens/s and memory; RUN=1 runs it as a `dvc exp run`
+recipe: $(STAMP)
+	$(BIN)/python -m codexlm.recipes $(NAME) $(if $(RUN),--run)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

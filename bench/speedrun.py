@@ -75,10 +75,38 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "+batch 24": {**BETAS, "train.batch_size": 24},  # the default (params.yaml)
 }
 
+# Round two (issue 30): architecture, vocabulary and context levers, each alone on top of
+# today's default (`--round 2` makes it the baseline, under every candidate's changes).
+# Depth against width keeps the blocks' matrices at ~4 x 128^2 weights (L x d^2: 6 x 104^2,
+# 2 x 184^2); context keeps the tokens a step (24 x 128). Not here: attention that stops at
+# document boundaries, which needs the loop to pass per-window position ids (train.py).
+DEFAULT = {**BETAS, "train.batch_size": 24}
+ROUND_TWO: dict[str, dict[str, Any]] = {
+    "qk-norm (qwen3)": {"model.arch": "qwen3"},
+    "gqa (2 kv heads)": {"model.n_kv_head": 2},
+    "untied head": {"model.tie_embeddings": False},
+    "relu2": {"model.activation": "relu2"},
+    "deeper 6 x 104": {"model.n_layer": 6, "model.d_model": 104},
+    "wider 2 x 184": {"model.n_layer": 2, "model.d_model": 184},
+    "vocab 2048": {"tokenizer.vocab_size": 2048},
+    "vocab 8192": {"tokenizer.vocab_size": 8192},
+    "context 64": {"model.context": 64, "train.batch_size": 48},
+    "context 256": {"model.context": 256, "train.batch_size": 12},
+}
+ROUNDS = {1: ({}, CANDIDATES), 2: (DEFAULT, ROUND_TWO)}  # (baseline, candidates)
+
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names")
+    ap.add_argument(
+        "--round",
+        type=int,
+        choices=sorted(ROUNDS),
+        default=1,
+        help="1: the first record log (baseline: the old default); 2: issue 30's levers "
+        "(baseline: today's default)",
+    )
+    ap.add_argument("--candidates", default=None, help="comma-separated names (the round's all)")
     ap.add_argument(
         "--set",
         action="append",
@@ -100,7 +128,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--prepared", type=Path, default=REPO / "data/prepared")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     s = ap.parse_args()
-    s.candidates = {n: dict(CANDIDATES[n]) for n in s.candidates.split(",") if n in CANDIDATES}
+    baseline, known = ROUNDS[s.round]
+    wanted = known if s.candidates is None else s.candidates.split(",")
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise UserError(
+            f"--candidates: {', '.join(unknown)} not in round {s.round}'s ({', '.join(known)})"
+        )
+    s.candidates = {n: dict(known[n]) for n in wanted if n != "baseline"}
     for item in s.set:
         name, _, assignment = item.partition(":")
         key, eq, value = assignment.partition("=")
@@ -114,7 +149,8 @@ def parse_args() -> argparse.Namespace:
         if not (eq and key.split(".")[0] in ("tokenizer", "model", "train")):
             raise UserError(f"--common {item}: expected BLOCK.KEY=VALUE (tokenizer/model/train)")
         common[key] = yaml_value(value)
-    s.candidates = {n: {**common, **c} for n, c in s.candidates.items()}
+    # the round's baseline, then --common, then the candidate's own changes
+    s.candidates = {n: {**baseline, **common, **c} for n, c in s.candidates.items()}
     return s
 
 

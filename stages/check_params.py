@@ -4,10 +4,12 @@ it: a mistake found here costs no output."""
 
 from codexlm import params
 from codexlm.errors import run_stage
+from codexlm.model import check_arch
 
 
 def main() -> None:
-    params.load()
+    p = params.load()
+    check_arch(p.model)  # needs transformers, which params.py (in every stage) does not import
     print("check: params.yaml is valid")
 
 

@@ -24,8 +24,8 @@ def main() -> None:
     p = params.load()
     provenance.check_environment()  # after params: their mistakes are the commonest
     lora_base = p.model.init if p.lora.enabled else None
-    check_gguf(p.export.gguf, Path(lora_base) if lora_base else TRAINED, TRAINED)
-    gguf_file = None if p.export.gguf == "none" else gguf_file_name(NAME, p.export.gguf)
+    gguf = check_gguf(p.export.gguf, Path(lora_base) if lora_base else TRAINED, TRAINED)
+    gguf_file = None if gguf == "none" else gguf_file_name(NAME, gguf)
     card = pipeline_card(
         NAME,
         p.export.license,
@@ -45,7 +45,7 @@ def main() -> None:
             p.seed,
             p.export.parity_atol,
             card,
-            gguf=p.export.gguf,
+            gguf=gguf,
             gguf_name=NAME,
         )
     except ParityError as e:

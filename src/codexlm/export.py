@@ -19,6 +19,7 @@ from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
 from codexlm.gguf_export import TOLERANCE as GGUF_TOLERANCE
 from codexlm.gguf_export import GGUFError, load_gguf, write_gguf
+from codexlm.gguf_export import arch_unsupported as gguf_arch_unsupported
 from codexlm.gguf_export import file_name as gguf_file_name
 from codexlm.gguf_export import unsupported as gguf_unsupported
 from codexlm.model import load_trained
@@ -29,17 +30,25 @@ class ParityError(Exception):
     """The export does not reproduce the trained model's logits."""
 
 
-def check_gguf(dtype: str, weights: Path, trained: Path) -> None:
-    """Refuse, before any work, a GGUF (`export.gguf`: `dtype`) of a model or tokenizer
-    llama.cpp would misread: `weights` holds the config (the base model under LoRA),
-    `trained` the tokenizer."""
+def check_gguf(dtype: str, weights: Path, trained: Path) -> str:
+    """The GGUF type to write for `export.gguf` = `dtype`: `dtype`, or "none" (said in one
+    line) for a model type the GGUF export does not cover; refuses, before any work, a
+    tokenizer llama.cpp would misread. `weights` holds the config (the base model under
+    LoRA), `trained` the tokenizer."""
     if dtype == "none":
-        return
+        return "none"
     model_type = json.loads((weights / "config.json").read_text())["model_type"]
+    arch_reason = gguf_arch_unsupported(model_type)
+    if arch_reason is not None:
+        # not an error: export.gguf is on by default, and the Hugging Face folder is still
+        # the export of any architecture
+        print(f"export: no GGUF written: {arch_reason}")
+        return "none"
     tokenizer = json.loads((trained / "tokenizer.json").read_text(encoding="utf-8"))
     reason = gguf_unsupported(model_type, tokenizer)
     if reason is not None:
         raise UserError(f"export.gguf: cannot write {reason} as GGUF; set export.gguf: none")
+    return dtype
 
 
 def parity_batch(vocab_size: int, context: int, seed: int) -> torch.Tensor:

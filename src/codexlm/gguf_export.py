@@ -33,7 +33,23 @@ FILE_TYPES = {
 # model it was written from (fp32 logits of a few nats): f32 is the same numbers, f16
 # rounds each weight to 11 significant bits, q8_0 to 8 bits per block of 32 weights.
 TOLERANCE = {"f32": 1e-4, "f16": 5e-2, "q8_0": 5e-1}
-ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "gpt2": gguf.MODEL_ARCH.GPT2}
+# Model types written, and the llama.cpp architecture each is written as (mistral as llama,
+# as llama.cpp's converter does). Left out: those transformers' GGUF reader cannot read back
+# (olmo2), so the parity check could not run, and gemma3_text (see NOT_WRITTEN).
+ARCHS = {
+    "llama": gguf.MODEL_ARCH.LLAMA,
+    "mistral": gguf.MODEL_ARCH.LLAMA,
+    "gpt2": gguf.MODEL_ARCH.GPT2,
+    "qwen3": gguf.MODEL_ARCH.QWEN3,
+    "phi3": gguf.MODEL_ARCH.PHI3,
+}
+# Why a model type llama.cpp knows is not written here: said in the export's one line
+NOT_WRITTEN = {
+    "olmo2": "transformers' GGUF reader has no olmo2, so the file could not be checked",
+    "gemma3_text": "not yet mapped here (norm offsets, local/global rope, attention scale)",
+}
+# Architectures whose q/k rows HF stores as two rotary halves and llama.cpp interleaves
+PERMUTED_QK = frozenset({"llama", "mistral"})
 
 
 class GGUFError(Exception):
@@ -46,8 +62,9 @@ def file_name(name: str, dtype: str) -> str:
 
 def unsupported(model_type: str, tokenizer_json: dict[str, Any]) -> str | None:
     """Why this model and tokenizer cannot be written as GGUF here, or None if they can."""
-    if model_type not in ARCHS:
-        return f"model type {model_type!r} (GGUF export knows {', '.join(ARCHS)})"
+    reason = arch_unsupported(model_type)
+    if reason is not None:
+        return reason
     model = tokenizer_json.get("model") or {}
     pre = tokenizer_json.get("pre_tokenizer") or {}
     if (
@@ -61,6 +78,14 @@ def unsupported(model_type: str, tokenizer_json: dict[str, Any]) -> str | None:
         # llama.cpp would have to be told another pre-tokenizer: refuse rather than guess
         return "a tokenizer that is not GPT-2's byte-level BPE (pre-tokenizer `gpt-2`)"
     return None
+
+
+def arch_unsupported(model_type: str) -> str | None:
+    """Why this model type is not written as GGUF here, or None if it is."""
+    if model_type in ARCHS:
+        return None
+    why = NOT_WRITTEN.get(model_type, "not mapped to a llama.cpp architecture here")
+    return f"model type {model_type!r} ({why}; GGUF export knows {', '.join(ARCHS)})"
 
 
 def _vocab(tok: PreTrainedTokenizerBase, n_vocab: int) -> tuple[list[str], list[int]]:
@@ -106,7 +131,7 @@ def _tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
                 continue  # causal-mask buffers, not weights
             if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                 t = t.T  # Conv1D keeps (in, out); GGUF wants (out, in) like a Linear
-        if cfg.model_type == "llama":
+        if cfg.model_type in PERMUTED_QK:
             if name.endswith("self_attn.q_proj.weight"):
                 t = _permute_qk(t, cfg.num_attention_heads)
             elif name.endswith("self_attn.k_proj.weight"):
@@ -116,12 +141,20 @@ def _tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def _hparams(w: gguf.GGUFWriter, cfg: Any) -> None:
-    if cfg.model_type == "llama":
+    if cfg.model_type != "gpt2":
+        kind = cfg.model_type
         if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-            raise GGUFError("llama with attention or MLP biases: not written as GGUF here")
+            raise GGUFError(f"{kind} with attention or MLP biases: not written as GGUF here")
         rope = getattr(cfg, "rope_parameters", None) or {}
         if rope.get("rope_type", "default") != "default":
-            raise GGUFError(f"llama with rope_type {rope['rope_type']!r}: not written as GGUF")
+            raise GGUFError(f"{kind} with rope_type {rope['rope_type']!r}: not written as GGUF")
+        if (
+            kind == "mistral"
+            and (cfg.sliding_window or 0)
+            and cfg.sliding_window < (cfg.max_position_embeddings)
+        ):
+            # llama.cpp runs mistral as llama: no sliding window
+            raise GGUFError("mistral with a sliding window shorter than its context: not GGUF")
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         w.add_context_length(cfg.max_position_embeddings)
         w.add_embedding_length(cfg.hidden_size)
@@ -217,6 +250,9 @@ def load_gguf(folder: Path, file: str) -> PreTrainedModel:
         # transformers maps gpt2.context_length to `n_ctx`, which GPT2Config no longer reads
         # (it would build 1024 position rows and refuse the file's): pass it under its name
         overrides["n_positions"] = reader.fields["gpt2.context_length"].contents()
+    if arch == "qwen3":
+        # its reader skips attention.key_length, and Qwen3Config's head_dim defaults to 128
+        overrides["head_dim"] = reader.fields["qwen3.attention.key_length"].contents()
     return AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=file, trust_remote_code=False, dtype=torch.float32, **overrides
     ).eval()

@@ -6,9 +6,10 @@ Models are plain Hugging Face `transformers` classes, so what we train is what
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import (
@@ -16,10 +17,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
-    LlamaConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.activations import ACT2CLS
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
@@ -40,6 +43,13 @@ class ModelArgs(Protocol):
     d_model: int
     context: int
     dropout: float
+    # read with `_option`, which falls back to today's behaviour: bench/gpu_check.py's
+    # hand-made block has none of them
+    n_kv_head: int
+    ffn_mult: str | float
+    activation: str
+    tie_embeddings: bool
+    logit_softcap: float
 
 
 class LoraArgs(Protocol):
@@ -50,48 +60,164 @@ class LoraArgs(Protocol):
     target_modules: str | list[str]
 
 
-def build_model(
-    cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int, seed: int
-) -> PreTrainedModel:
-    """A freshly initialised llama or gpt2 with tied input/output embeddings."""
-    arch, n_layer, n_head, d_model = cfg.arch, cfg.n_layer, cfg.n_head, cfg.d_model
-    context, dropout = cfg.context, cfg.dropout
-    common = dict(
+# A from-scratch option and the config attribute it sets, for configs that use transformers'
+# usual names (llama's); ARCH_KEYS lists the architectures that name them otherwise. An
+# option whose attribute an architecture's config lacks (None here) is refused for it.
+CONFIG_KEYS: dict[str, str | None] = {
+    "n_kv_head": "num_key_value_heads",
+    "ffn_mult": "intermediate_size",
+    "activation": "hidden_act",
+    "logit_softcap": "final_logit_softcapping",
+    "dropout": "attention_dropout",
+}
+ARCH_KEYS: dict[str, dict[str, str | None]] = {
+    "gpt2": {
+        "n_kv_head": None,
+        "ffn_mult": "n_inner",
+        "activation": "activation_function",
+        "dropout": "attn_pdrop",  # and resid_pdrop, embd_pdrop: model.build_model sets all
+    },
+    "gemma3_text": {"activation": "hidden_activation"},
+    "gemma2": {"activation": "hidden_activation"},
+}
+# The option values that leave an architecture as transformers defines it (today's build)
+OPTION_DEFAULTS: dict[str, Any] = {
+    "n_kv_head": 0,
+    "ffn_mult": "auto",
+    "activation": "auto",
+    "logit_softcap": 0.0,
+    "dropout": 0.0,
+}
+
+
+def config_key(arch: str, option: str) -> str | None:
+    return ARCH_KEYS.get(arch, {}).get(option, CONFIG_KEYS[option])
+
+
+@functools.cache
+def arch_defaults(arch: str) -> dict[str, Any] | None:
+    """transformers' default config of a causal-LM model type as a dict, or None if it has
+    none that builds without remote code."""
+    if arch not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return None
+    try:
+        return AutoConfig.for_model(arch).to_dict()
+    except (ValueError, KeyError, ImportError):
+        return None
+
+
+# Architectures whose MLP is gated (three matrices): "auto" width is 8/3 x d_model, which
+# costs what a 4x two-matrix MLP costs. Others get 4x.
+GATED_MLP = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2"}
+    | {"phi3", "granite", "cohere", "starcoder2_gated"}
+)
+
+
+def _option(cfg: ModelArgs, name: str) -> Any:
+    """An option of the model block, or the value that keeps today's build when the block
+    (one of bench's namespaces) does not have it."""
+    fallback = {"tie_embeddings": True, **OPTION_DEFAULTS}
+    return getattr(cfg, name, fallback[name])
+
+
+def ffn_width(arch: str, d_model: int, ffn_mult: str | float) -> int:
+    """The MLP's hidden width, rounded up to a multiple of 64 like the vocabulary."""
+    mult = ffn_mult if ffn_mult != "auto" else (8 / 3 if arch in GATED_MLP else 4)
+    return padded_vocab(int(mult * d_model), 64)
+
+
+def check_arch(cfg: ModelArgs) -> None:
+    """A from-scratch model block's arch exists and has each option set away from its
+    default: one line naming the key and the arch, before any work (stages/check.py, and
+    the train stage before it builds)."""
+    if getattr(cfg, "init", "scratch") != "scratch":
+        return
+    defaults = arch_defaults(cfg.arch)
+    if defaults is None:
+        raise UserError(
+            f"model.arch: {cfg.arch!r} is not a transformers causal-LM model type that builds "
+            "from a config without remote code (e.g. llama, gpt2, qwen3, mistral, gemma3_text, "
+            "olmo2, phi3)"
+        )
+    for option, default in OPTION_DEFAULTS.items():
+        value = _option(cfg, option)
+        key = config_key(cfg.arch, option)
+        if value != default and (key is None or key not in defaults):
+            raise UserError(
+                f"model.{option}: {cfg.arch} has no such option (its config has no "
+                f"{key or 'equivalent'}); set model.{option}: {default} or another model.arch"
+            )
+    activation = _option(cfg, "activation")
+    if activation != "auto" and activation not in ACT2CLS:
+        raise UserError(
+            f"model.activation: {activation!r} is not one of transformers' activations "
+            f"({', '.join(sorted(ACT2CLS))})"
+        )
+
+
+def model_config(cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int) -> PretrainedConfig:
+    """The transformers config of `cfg.arch` with the block's sizes and options: every
+    option left at its default keeps the architecture's own (gpt2 and llama: today's)."""
+    arch, d_model, n_head = cfg.arch, cfg.d_model, cfg.n_head
+    kw: dict[str, Any] = dict(
         vocab_size=padded_vocab(vocab_size),
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=_option(cfg, "tie_embeddings"),
     )
+    ffn_mult, act = _option(cfg, "ffn_mult"), _option(cfg, "activation")
+    if arch == "gpt2":
+        kw.update(n_embd=d_model, n_layer=cfg.n_layer, n_head=n_head, n_positions=cfg.context)
+        kw.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
+        if ffn_mult != "auto":
+            kw["n_inner"] = ffn_width(arch, d_model, ffn_mult)
+        if act != "auto":
+            kw["activation_function"] = act
+        return GPT2Config(**kw)
+    check_arch(cfg)
+    defaults = arch_defaults(arch)
+    assert defaults is not None  # check_arch refused it otherwise
+    kw.update(
+        hidden_size=d_model,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=n_head,
+        max_position_embeddings=cfg.context,
+    )
+    optional = {
+        "n_kv_head": _option(cfg, "n_kv_head") or n_head,
+        "ffn_mult": ffn_width(arch, d_model, ffn_mult),
+        "activation": act,
+        "logit_softcap": _option(cfg, "logit_softcap") or None,
+        "dropout": cfg.dropout,
+    }
+    for option, value in optional.items():
+        key = config_key(arch, option)
+        # what the arch lacks was refused at params time unless left at its default
+        if key in defaults and value not in ("auto", None):
+            kw[key] = value
+    if "head_dim" in defaults:
+        # qwen3, mistral and gemma default to 128 or 256 channels whatever the width
+        kw["head_dim"] = d_model // n_head
+    if "query_pre_attn_scalar" in defaults:
+        kw["query_pre_attn_scalar"] = d_model // n_head  # gemma: scores scaled by 1/sqrt(head)
     if arch == "llama":
-        config = LlamaConfig(
-            hidden_size=d_model,
-            # SwiGLU's three matrices at 8/3 x width cost what a 4x GELU MLP costs
-            intermediate_size=padded_vocab(int(8 * d_model / 3), 64),
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
-            num_key_value_heads=n_head,
-            max_position_embeddings=context,
-            attention_dropout=dropout,
-            rms_norm_eps=1e-5,
-            **common,
-        )
-    elif arch == "gpt2":
-        config = GPT2Config(
-            n_embd=d_model,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_positions=context,
-            resid_pdrop=dropout,
-            embd_pdrop=dropout,
-            attn_pdrop=dropout,
-            **common,
-        )
-    else:  # the params schema only lets these two through
-        raise ValueError(f"unknown arch {arch!r}")
+        kw["rms_norm_eps"] = 1e-5  # llama's build before model.arch took any model type
+    return AutoConfig.for_model(arch, **kw)
+
+
+def build_model(
+    cfg: ModelArgs, vocab_size: int, eos_id: int, pad_id: int, seed: int
+) -> PreTrainedModel:
+    """A freshly initialised model of `cfg.arch` (input/output embeddings tied by default)."""
+    config = model_config(cfg, vocab_size, eos_id, pad_id)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    return model
+    try:
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    except ValueError:  # an architecture without an SDPA attention: its own (eager) one
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_model(path: Path) -> PreTrainedModel:
@@ -156,6 +282,7 @@ def lora_targets(model: PreTrainedModel) -> tuple[list[str], bool]:
         n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     }
     wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    wanted += ["qkv_proj", "gate_up_proj"]  # phi3 fuses them
     found = [n for n in wanted if n in names]
     if not found:
         raise UserError(

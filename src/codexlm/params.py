@@ -133,12 +133,36 @@ class Tokenizer(_Block):
 
 class Model(_Block):
     init: str = Field(min_length=1)
-    arch: Literal["llama", "gpt2"]
+    # any transformers causal-LM model_type (llama, gpt2, qwen3, mistral, gemma3_text, olmo2,
+    # phi3, ...), built from its config class; remote code is never run. Whether the type
+    # exists and has the options set is model.check_arch's (stages/check.py runs it): it
+    # needs transformers, which this module, in every stage's import closure, does not import
+    arch: str = Field(pattern=r"^[a-z0-9_]+$")
     n_layer: int = PositiveInt
     n_head: int = PositiveInt
+    n_kv_head: int = Field(ge=0)  # 0: as many as n_head; fewer: grouped-query attention
     d_model: int = PositiveInt
+    ffn_mult: Literal["auto"] | float = Field(union_mode="left_to_right")  # MLP width / d_model
+    activation: NonEmpty  # "auto" (the arch's own) or a transformers ACT2FN name: relu2, gelu
+    tie_embeddings: bool
+    logit_softcap: float = Field(ge=0)  # 0: none; gemma-style tanh cap on the final logits
     context: int = Field(ge=8)
     dropout: float = Field(ge=0, lt=1)
+
+    @field_validator("ffn_mult")
+    @classmethod
+    def _ffn_positive(cls, v: str | float) -> str | float:
+        if not isinstance(v, str) and not 0 < v <= 64:
+            raise ValueError("must be 'auto' or a multiple of d_model in (0, 64]")
+        return v
+
+    @model_validator(mode="after")
+    def _kv_heads_divide(self) -> Model:
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"model.n_kv_head: {self.n_kv_head} does not divide model.n_head {self.n_head}"
+            )
+        return self
 
     @field_validator("d_model")
     @classmethod
@@ -152,10 +176,10 @@ class Model(_Block):
     def _rotary_head_size(self) -> Model:
         # rotary embeddings rotate pairs of channels: a head needs an even number of them
         head = self.d_model // self.n_head
-        if self.from_scratch and self.arch == "llama" and head % 2:
+        if self.from_scratch and self.arch != "gpt2" and head % 2:
             raise ValueError(
                 f"model.d_model: {self.d_model} / model.n_head {self.n_head} gives heads of "
-                f"{head} channels; llama's rotary embeddings need an even head size"
+                f"{head} channels; {self.arch}'s rotary embeddings need an even head size"
             )
         return self
 
