@@ -33,7 +33,7 @@ TRAIN = dict(steps=STEPS, batch_size=8, grad_accum=2, lr=6e-3, min_lr=3e-4, warm
 TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4, embed_lr_scale=3.0)  # default
 TRAIN.update(weight_decay=0.1, beta1=0.8, beta2=0.99, grad_clip=1.0, precision="auto")
 TRAIN.update(eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4, keep_checkpoints=3)
-TRAIN.update(resume="auto", final="last", max_bad_steps=3, strategy="ddp")
+TRAIN.update(resume="auto", final="last", max_bad_steps=3, strategy="ddp", max_stop_seconds=60.0)
 
 
 def tokens(n: int, seed: int) -> np.ndarray:
