@@ -234,10 +234,11 @@ def test_export_stage_says_when_no_gguf_is_written() -> None:
 
 
 def test_export_stage_skips_the_gguf_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
-    """export_stage.py's check (export.check_gguf) on an olmo2: export.gguf left on, no GGUF, one line, no error."""
+    """export.check_gguf on an olmo2: export.gguf left on, no GGUF, one line, no error."""
     trained = tmp_path / "models" / "trained"
     trained.mkdir(parents=True)
     (trained / "config.json").write_text(json.dumps({"model_type": "olmo2"}))
+    (tmp_path / "corpus").symlink_to(ROOT / "corpus")  # the default data.source
     monkeypatch.chdir(tmp_path)
     p = params.parse(default_params())
     assert p.export.gguf == "f16"

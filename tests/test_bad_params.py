@@ -17,6 +17,7 @@ def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
     if not (tmp_path / "stages").exists():
         shutil.copytree(ROOT / "stages", tmp_path / "stages")
         shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
+        (tmp_path / "corpus").symlink_to(ROOT / "corpus")  # the default data.source
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run([sys.executable, f"stages/{name}_stage.py"], tmp_path, check=False)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr

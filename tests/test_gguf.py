@@ -136,9 +136,9 @@ def test_the_export_stage_refuses_an_unsupported_gguf_before_any_work(
 ) -> None:
     """export.check_gguf: the config of `weights` and the tokenizer of `trained` decide; one
     UserError naming export.gguf, nothing checked with export.gguf: none."""
-    (tmp_path / "config.json").write_text('{"model_type": "mistral"}')
-    with pytest.raises(UserError, match=r"^export\.gguf: cannot write model type 'mistral'"):
-        check_gguf("f16", tmp_path, tokenizer_dir)
-    check_gguf("none", tmp_path, tokenizer_dir)  # not even read
+    (tmp_path / "config.json").write_text('{"model_type": "olmo2"}')
+    # an architecture the GGUF export does not cover: no GGUF, said in one line, no error
+    assert check_gguf("f16", tmp_path, tokenizer_dir) == "none"
+    assert check_gguf("none", tmp_path, tokenizer_dir) == "none"  # not even read
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     check_gguf("f16", tmp_path, tokenizer_dir)

@@ -52,6 +52,7 @@ def stage(cwd: Path, name: str, params_text: str) -> tuple[int, str]:
     if not (cwd / "stages").exists():
         shutil.copytree(ROOT / "stages", cwd / "stages")
         shutil.copy(ROOT / "versions.yaml", cwd)  # what every stage checks
+        (cwd / "corpus").symlink_to(ROOT / "corpus")  # the default data.source
     (cwd / "params.yaml").write_bytes(
         params_text.encode("utf-8", "surrogateescape")
         if isinstance(params_text, str)

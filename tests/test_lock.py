@@ -86,7 +86,7 @@ def test_each_change_reruns_the_stages_that_use_it(finished: Path) -> None:
     repo = finished
     model = repo / "src/codexlm/model.py"  # load_trained: evaluate and export load with it
     model.write_text(model.read_text() + "# edited\n")
-    assert changed_stages(repo) == {"train", "evaluate", "export"}
+    assert changed_stages(repo) == {"train", "evaluate", "export", "codeeval"}
     run(["git", "checkout", "--", "src/codexlm/model.py"], repo)
     card = repo / "src/codexlm/card.py"  # the export's alone
     card.write_text(card.read_text() + "# edited\n")
@@ -98,7 +98,7 @@ def test_each_change_reruns_the_stages_that_use_it(finished: Path) -> None:
     lock, versions = repo / "requirements.lock", repo / "versions.yaml"
     pinned = lock.read_text()
     for package, stages in [
-        ("torch", {"train", "evaluate", "export"}),
+        ("torch", {"train", "evaluate", "export", "codeeval"}),
         ("pyarrow", declaring(repo, "pyarrow")),  # prepare, tokenize (and what imports them)
         ("ruff", set()),  # a dev tool: nothing to rerun
     ]:

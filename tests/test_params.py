@@ -130,7 +130,7 @@ def test_missing_key_is_named(key: str) -> None:
         ("train.lr", "abc"),
         ("data.include", "x"),
         ("data.include", [1]),
-        ("model.arch", "gpt5"),
+        # model.arch: checked against transformers by model.check_arch (tests/test_archs.py)
         ("train.precision", "fp16"),
         ("train.resume", "always"),
         ("evaluate.prompts", "def f():"),

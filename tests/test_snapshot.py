@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, default_params, run, tiny_params, write_params
+from conftest import ROOT, copy_repo, default_params, run, tiny_params
 
 from codexlm import corpus
 from codexlm.corpus import iter_source
@@ -70,26 +69,8 @@ def test_one_byte_of_the_archive_reruns_prepare_and_what_follows(tmp_path: Path)
         p.relative_to(ROOT / "src").as_posix(): p.read_bytes()
         for p in sorted((ROOT / "src/codexlm").glob("*.py"))
     }
-    repo = tmp_path / "repo"
-    shutil.copytree(
-        ROOT,
-        repo,
-        ignore=shutil.ignore_patterns(
-            ".venv",
-            ".git",
-            "data",
-            "models",
-            "reports",
-            "__pycache__",
-            "*.egg-info",
-            "dvc.lock",
-            ".pytest_cache",
-            ".ruff_cache",
-        ),
-    )
-    archive = tar_of(src, repo / "corpus/mine.tar.gz")
-    write_params(repo, tiny_params("corpus/mine.tar.gz"))
-    run(["git", "init", "-q"], repo)
+    repo = copy_repo(tmp_path / "repo", tiny_params("corpus/mine.tar.gz"))
+    archive = tar_of(src, repo / "corpus/mine.tar.gz")  # untracked by git, a dep of DVC
     run(["dvc", "repro", "tokenize"], repo)
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
     assert stats["source"]["files"] == len(src)
@@ -97,6 +78,7 @@ def test_one_byte_of_the_archive_reruns_prepare_and_what_follows(tmp_path: Path)
         "train",
         "evaluate",
         "export",
+        "codeeval",
     }
 
     first = next(iter(src))
