@@ -12,9 +12,11 @@ The machine line says what the figures are of: on a CPU without native bf16 (AVX
 bf16 matmuls are emulated and the bf16 rows are 20-100x the fp32 ones.
 
     .venv/bin/python bench/optimizer_step.py            # the default model, ~2 min on 2 cores
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-avx2 ATEN_CPU_CAPABILITY=avx2 \
+        ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         .venv/bin/python bench/optimizer_step.py
-                                                        # an AVX2-only CPU, on a newer one
+                                                        # an AVX2-only CPU, on a newer one (its
+                                                        # own compile cache: bench/RESULTS.md)
 """
 
 from __future__ import annotations
