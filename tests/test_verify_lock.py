@@ -65,6 +65,19 @@ def test_same_to_rounding_when_only_the_weights_moved_by_rounding(tmp_path) -> N
     assert "test.bits_per_byte 1.59 -> 1.5912" in lines[1]
 
 
+def test_every_stage_that_reads_the_weights_follows_them(tmp_path) -> None:
+    """What the AVX2 stand-in's run against the native lock differed in: the trained weights,
+    the export, and the deps of every stage that reads them (codeeval's too)."""
+    w = weights()
+    rounded = {k: v * (1 + 1e-5 * torch.randn_like(v)) for k, v in w.items()}
+    keys = {f"{s}: dep models/trained" for s in ("evaluate", "export", "codeeval")}
+    keys |= verify_lock.ROUNDING
+    result, lines = verify_lock.verdict(
+        keys, run_of(tmp_path, "a", w), run_of(tmp_path, "b", rounded)
+    )
+    assert result == "same to rounding", lines
+
+
 def test_a_tampered_weight_fails(tmp_path) -> None:
     w = weights()
     tampered = {**w, "layers.0.q.weight": w["layers.0.q.weight"] * 1.1}
