@@ -32,22 +32,14 @@ _ONEDNN_NO_BF16 = {
 }
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:  # not Linux: the flags are unknown, which the line says
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
-def cpu_model() -> str:
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none: not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return platform.processor() or "unknown"
-    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
-    return line.partition(":")[2].strip() or platform.processor() or "unknown"
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in first.splitlines())}
 
 
 def describe() -> dict[str, object]:
@@ -55,9 +47,10 @@ def describe() -> dict[str, object]:
     torch's version and BLAS, and the dispatch overrides set in the environment."""
     import torch  # here: the data stages that never import torch can still import this module
 
-    flags = cpu_flags()
+    info = cpuinfo()
+    flags = set(info.get("flags", "").split())
     return {
-        "cpu": cpu_model(),
+        "cpu": info.get("model name") or platform.processor() or "unknown",
         "capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})
         and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in _ONEDNN_NO_BF16,
