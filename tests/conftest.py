@@ -5,14 +5,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 from safetensors.numpy import save_file
 
 from codexlm import params as schema
@@ -86,6 +90,47 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
     return proc
 
 
+def run_script(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a stage script as `python <script>` in cwd, in a forked child of this process:
+    its own process, exit code, cwd, signals and stdio, as a subprocess would be, without
+    importing torch and transformers again (~8 s a process on this project's 2 cores, for
+    the scores of one-line-error tests that stop before any work). Whatever the script
+    imports and this process has not, the child imports as a fresh interpreter would."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.chdir(cwd)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                # the streams a fresh interpreter would have, on the redirected descriptors
+                sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+                sys.argv = [script]
+                runpy.run_path(script, run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, int | None):
+                    print(e.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()  # what the interpreter prints for an uncaught exception
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            [sys.executable, script],
+            os.waitstatus_to_exitcode(status),
+            out.read().decode("utf-8", "replace"),
+            err.read().decode("utf-8", "replace"),
+        )
+
+
 @pytest.fixture
 def repo(tmp_path: Path, corpus_dir: Path) -> Path:
     """A git copy of the working tree (committed or not) with tiny params, ready for dvc."""
@@ -117,15 +162,27 @@ def copy_repo(dst: Path, params: dict) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `dvc repro` with tiny params, shared by the tests that inspect its outputs."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    corpus = tmp / "corpus"
-    shutil.copytree(ROOT / "src" / "codexlm", corpus, ignore=shutil.ignore_patterns("__pycache__"))
-    repo = copy_repo(tmp / "repo", tiny_params(str(corpus)))
-    proc = run(["dvc", "repro"], repo)
-    for stage in ("prepare", "tokenize", "train", "evaluate", "export", "codeeval"):
-        assert f"Running stage '{stage}'" in proc.stdout
+def built(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """One `dvc repro` with tiny params, shared by the tests that inspect its outputs: built
+    once for the whole run, the pytest-xdist workers included (the first to need it builds
+    it under a lock; the others wait and reuse it). Tests copy it before changing it."""
+    base = tmp_path_factory.getbasetemp()
+    tmp = (base.parent if worker_id != "master" else base) / "e2e"
+    repo = tmp / "repo"
+    tmp.mkdir(exist_ok=True)
+    with FileLock(str(tmp / "lock")):
+        if not (tmp / "done").exists():
+            shutil.rmtree(repo, ignore_errors=True)  # a worker's failed attempt
+            corpus = tmp / "corpus"
+            shutil.rmtree(corpus, ignore_errors=True)
+            shutil.copytree(
+                ROOT / "src" / "codexlm", corpus, ignore=shutil.ignore_patterns("__pycache__")
+            )
+            copy_repo(repo, tiny_params(str(corpus)))
+            proc = run(["dvc", "repro"], repo)
+            for stage in ("prepare", "tokenize", "train", "evaluate", "export", "codeeval"):
+                assert f"Running stage '{stage}'" in proc.stdout
+            (tmp / "done").touch()
     return repo
 
 

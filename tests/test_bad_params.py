@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, default_params, fake_checkpoint, run
+from conftest import ROOT, default_params, fake_checkpoint, run_script
 
 
 def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
@@ -19,7 +18,7 @@ def stage(tmp_path: Path, name: str, params: dict) -> tuple[int, str]:
         shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
         (tmp_path / "corpus").symlink_to(ROOT / "corpus")  # the default data.source
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run([sys.executable, f"stages/{name}_stage.py"], tmp_path, check=False)
+    proc = run_script(f"stages/{name}_stage.py", tmp_path)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

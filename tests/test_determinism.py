@@ -40,9 +40,9 @@ print(digest.hexdigest())
 """
 
 
-@pytest.mark.parametrize(
-    ("mode", "optimizer"), [("eager", "adamw"), ("compile", "adamw"), ("compile", "muon")]
-)
+# each mode once and each optimizer once: only the model is compiled, so a compiled AdamW run
+# compiles the same graphs as the compiled Muon run (~100 s of the suite for no new kernel)
+@pytest.mark.parametrize(("mode", "optimizer"), [("eager", "adamw"), ("compile", "muon")])
 def test_two_processes_train_identical_weights(tmp_path: Path, mode: str, optimizer: str) -> None:
     """With two CPU threads, as a real run has (the suite itself runs single-threaded):
     compiled kernels once summed the embedding's gradient with atomic adds across threads,

@@ -34,6 +34,7 @@ from conftest import (
     fake_checkpoint,
     model_args,
     run,
+    run_script,
     tiny_params,
 )
 
@@ -58,7 +59,7 @@ def stage(cwd: Path, name: str, params_text: str) -> tuple[int, str]:
         if isinstance(params_text, str)
         else params_text
     )
-    proc = run([sys.executable, f"stages/{name}"], cwd, check=False)
+    proc = run_script(f"stages/{name}", cwd)
     out = proc.stderr + proc.stdout
     assert "Traceback" not in out, out
     lines = proc.stderr.strip().splitlines()
@@ -238,7 +239,7 @@ def _prepare(cwd: Path, source: Path, **data: object) -> subprocess.CompletedPro
     p = tiny_params(str(source))
     p["data"].update(data)
     (cwd / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = run([sys.executable, "stages/prepare_stage.py"], cwd, check=False)
+    proc = run_script("stages/prepare_stage.py", cwd)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     return proc
 

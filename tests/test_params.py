@@ -5,12 +5,11 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, default_params, fake_checkpoint, run
+from conftest import ROOT, default_params, fake_checkpoint, run_script
 
 from codexlm import params
 from codexlm.errors import UserError
@@ -344,7 +343,7 @@ def test_prepare_stage_rejects_bad_params(
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
     shutil.copy(ROOT / "versions.yaml", tmp_path)  # what every stage checks
     (tmp_path / "params.yaml").write_text(params_text_with(pattern, replacement))
-    proc = run([sys.executable, "stages/prepare_stage.py"], tmp_path, check=False)
+    proc = run_script("stages/prepare_stage.py", tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
