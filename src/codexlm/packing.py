@@ -119,6 +119,8 @@ def build_rows(split: Split, rows: list[np.ndarray]) -> Rows:
                 else np.asarray(ex.targets[start : start + length])
             )
             m = length - 1
+            if at + m > c:
+                raise ValueError(f"row {r}: its examples need more than {c} positions")
             inputs[r, at : at + m] = ids[:-1]
             labels[r, at : at + m] = np.where(target[1:], ids[1:], IGNORE)
             positions[r, at : at + m] = np.arange(m)
