@@ -25,8 +25,8 @@ from codexlm.corpus import SNAPSHOT, _archive_files
 from codexlm.errors import run_stage
 
 OUT = Path("data/instruct.jsonl")
-BODY = "Write the body of the Python function."
-CALL = "Call the named Python function without arguments."
+BODY = "body: write the body of the Python function."
+CALL = "call: answer with a call to the named Python function, without arguments."
 # short functions only: the rendered example must fit the default model.context (128 tokens)
 MAX_BODY_CHARS, MAX_BODY_LINES, MAX_HEADER_CHARS = 160, 6, 200
 MAX_PER_TASK = 2500

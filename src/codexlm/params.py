@@ -404,6 +404,8 @@ class Train(_Block):
 class Evaluate(_Block):
     batch_size: int = PositiveInt
     max_tokens: int = Field(ge=0)  # 0 = the whole split
+    # instruction data: the held-out conversations answered greedily (0: every one)
+    max_examples: int = Field(ge=0)
     prompts: list[NonEmpty] = Field(min_length=1)
     max_new_tokens: int = PositiveInt
     # 0 is greedy; below 0.01 the scaled logits overflow to inf and sampling fails
