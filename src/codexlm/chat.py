@@ -56,7 +56,8 @@ def template_name(template: str) -> str:
 
 def ensure_template(tok: PreTrainedTokenizerBase) -> bool:
     """Give `tok` the project's ChatML template (and its special tokens) unless it has a
-    template of its own; return whether tokens were added (the embeddings must grow)."""
+    template of its own; return whether tokens were added (the embeddings must grow: the new
+    ids are the last ones)."""
     if tok.chat_template:
         return False
     missing = [t for t in (IM_START, IM_END) if t not in tok.get_vocab()]

@@ -140,4 +140,7 @@ def _reload(path: Path, adapter_base: str | None) -> torch.nn.Module:
     base = AutoModelForCausalLM.from_pretrained(
         adapter_base, trust_remote_code=False, dtype=torch.float32
     )
+    vocab = len(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+    if base.get_input_embeddings().weight.shape[0] < vocab:  # the chat template's tokens
+        base.resize_token_embeddings(vocab, pad_to_multiple_of=64)
     return PeftModel.from_pretrained(base, path).eval()

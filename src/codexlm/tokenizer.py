@@ -289,8 +289,10 @@ def tokenize_examples(
 ) -> dict:
     """The tokenize stage on instruction data: the chat template (the tokenizer's own, or the
     project's ChatML with its tokens added), then every split's examples and masks."""
-    added = chat.ensure_template(tok)
+    before = len(tok)
+    chat.ensure_template(tok)
     vocab = len(tok)
+    added = list(range(before, vocab))  # the template's tokens, when the tokenizer lacked them
     dtype = token_dtype(vocab)
     out_dir.mkdir(parents=True, exist_ok=True)
     with replace_dir(tok_dir) as tmp:
@@ -313,7 +315,7 @@ def tokenize_examples(
         "eot_id": tok.eos_token_id,
         "pad_id": tok.pad_token_id,
         "end_of_turn_id": tok.convert_tokens_to_ids(chat.end_of_turn(tok)),
-        "tokens_added": added,
+        "added_ids": added,
         "chat_template": chat.template_name(tok.chat_template),
         **{k: {s: c[k] for s, c in counts.items()} for k in ("tokens", "bytes", "examples")},
         "targets": {s: c["targets"] for s, c in counts.items()},
