@@ -104,6 +104,10 @@ def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
     for key in LOADER_KEYS:
         config.pop(key, None)
     config.update(PORTABLE_CONFIG, split_special_tokens=split)
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):  # 5.x's list (the chat tokens); 4.x reads this key as a
+        # dict of named tokens and fails on a list, and both read the older name
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
     if template is not None:
         config["chat_template"] = template
     path.write_text(
