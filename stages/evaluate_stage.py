@@ -112,11 +112,20 @@ def evaluate_examples(p: params.Params, model, tok, meta: dict, device: torch.de
     plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
     samples_md = sft_eval.samples_markdown(answers)
     write_text(OUT / "samples.md", samples_md)
-    lines = ["# Evaluation report (instruction data)\n", *[f"- {k}: {v:,.4g}" for k, v in metrics.items()]]
-    write_text(OUT / "report.md", "\n".join(lines) + "\n\n" + samples_md.replace("# Samples", "## Samples"))
+    lines = [
+        "# Evaluation report (instruction data)\n",
+        *[f"- {k}: {v:,.4g}" for k, v in metrics.items()],
+    ]
+    write_text(
+        OUT / "report.md", "\n".join(lines) + "\n\n" + samples_md.replace("# Samples", "## Samples")
+    )
     print(
         f"evaluate: test answer loss {metrics['test/answer_loss']:.4f}"
-        + (f" (model.init: {metrics['test/answer_loss_init']:.4f})" if "test/answer_loss_init" in metrics else "")
+        + (
+            f" (model.init: {metrics['test/answer_loss_init']:.4f})"
+            if "test/answer_loss_init" in metrics
+            else ""
+        )
         + f", exact match {metrics['test/exact_match']:.3f}, stopped by themselves "
         f"{metrics['test/stop_rate']:.3f} of {metrics['test/answers']:.0f} answers"
     )

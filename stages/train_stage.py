@@ -41,7 +41,9 @@ def main() -> None:
     run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, log_dir=REPORTS)
     if examples:  # instruction data: whole examples, cut to the context (codexlm.packing)
         splits = [
-            prepare_split(load_examples(TOKENS, s), p.model.context, p.train.loss_on, meta["pad_id"])
+            prepare_split(
+                load_examples(TOKENS, s), p.model.context, p.train.loss_on, meta["pad_id"]
+            )
             for s in ("train", "val")
         ]
         if d.main:

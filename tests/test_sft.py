@@ -16,7 +16,10 @@ from codexlm.errors import UserError
 from codexlm.loss import CausalLMLoss, rows_nll
 
 SYSTEM = {"role": "system", "content": "You answer in one word."}
-SINGLE = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
+SINGLE = [
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris"},
+]
 MULTI = [
     SYSTEM,
     {"role": "user", "content": "2 + 2?"},
@@ -79,7 +82,9 @@ def test_a_template_that_hides_the_answer_is_a_hard_error(tok) -> None:
         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     try:
-        with pytest.raises(UserError, match=r"chat template sha256:[0-9a-f]{12}: the answer of message \d"):
+        with pytest.raises(
+            UserError, match=r"chat template sha256:[0-9a-f]{12}: the answer of message \d"
+        ):
             chat.answer_spans(tok, MULTI[1:], 0, chat.IM_END)
         tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
         with pytest.raises(UserError, match="no special token follows an assistant answer"):
@@ -137,7 +142,9 @@ def conversations(n: int) -> list[list[dict]]:
     out = []
     for i in range(n):
         answer = " ".join(["a + b"] * (1 + 3 * i))
-        out.append([{"role": "user", "content": f"q{i}?"}, {"role": "assistant", "content": answer}])
+        out.append(
+            [{"role": "user", "content": f"q{i}?"}, {"role": "assistant", "content": answer}]
+        )
     return out
 
 
@@ -161,7 +168,9 @@ def test_masked_positions_get_exactly_zero_gradient(tok) -> None:
         changed = rows.labels.clone()
         prompt_at = int(torch.nonzero(~target)[0])
         changed[0, prompt_at] = 7
-        assert rows_nll(logits, changed.where(target[None], torch.tensor(-100))).item() == base.item()
+        assert (
+            rows_nll(logits, changed.where(target[None], torch.tensor(-100))).item() == base.item()
+        )
         other = rows.labels.clone()
         at = int(torch.nonzero(target)[0])
         other[0, at] = (other[0, at] + 1) % len(tok)
@@ -176,7 +185,9 @@ def test_packed_logits_equal_unpacked_and_the_control_sees_contamination(tok, im
     packed = packing.build_rows(split, [np.array([0, 1, 2])])
     mask = packing.attention_mask(packed.segments, impl, torch.float32)
     with torch.no_grad():
-        lp = model(input_ids=packed.inputs, position_ids=packed.positions, attention_mask=mask).logits
+        lp = model(
+            input_ids=packed.inputs, position_ids=packed.positions, attention_mask=mask
+        ).logits
         control = model(input_ids=packed.inputs, position_ids=packed.positions).logits
         worst = contaminated = 0.0
         for k in range(3):
@@ -235,14 +246,17 @@ def test_gradients_agree_however_the_step_is_split(tok) -> None:
 
 
 def test_truncation_keeps_the_start_and_drops_examples_left_without_target(tok) -> None:
-    long_prompt = [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}]
+    long_prompt = [
+        {"role": "user", "content": "word " * 80},
+        {"role": "assistant", "content": "ok"},
+    ]
     split = split_of(tok, [SINGLE, long_prompt], context=40)
     assert split.dropped == 1 and split.keep.tolist() == [0]
     rows = packing.build_rows(split, [np.array([0])])
     full, _ = chat.answer_spans(tok, SINGLE, 0, chat.IM_END)
     ids = chat.encode(chat.encoder(tok), full, []).ids
     assert len(ids) <= 41 and rows.inputs[0, : len(ids) - 1].tolist() == ids[:-1]
-    cut = split_of(tok, [long_prompt + [{"role": "assistant", "content": "x"}]], context=40)
+    cut = split_of(tok, [[*long_prompt, {"role": "assistant", "content": "x"}]], context=40)
     assert cut.dropped == 1  # its answers lie beyond the context: dropped, counted
 
 

@@ -82,7 +82,11 @@ def test_the_pipeline_answers_messages_as_evaluation_does(exported) -> None:
     assert out[:-1] == MESSAGES and out[-1]["role"] == "assistant"
     model = generate.model
     (mine,) = sft_eval.answers(
-        model, tok, [{"messages": [*MESSAGES, {"role": "assistant", "content": ""}]}], 12, 1,
+        model,
+        tok,
+        [{"messages": [*MESSAGES, {"role": "assistant", "content": ""}]}],
+        12,
+        1,
         torch.device("cpu"),
     )
     assert out[-1]["content"] == mine.answer
@@ -109,7 +113,9 @@ def test_transformers_4_renders_the_template_as_training_did(exported, tmp_path:
     folder, tok = exported
     cache = Path(os.environ.get("CODEXLM_TEST_CACHE", Path.home() / ".cache" / "codexlm-tests"))
     python = venv_with(cache, TRANSFORMERS_4, TOKENIZERS_4, JINJA2)
-    proc = run([str(python), "-c", TEMPLATE_SCRIPT, str(folder)], tmp_path, input=json.dumps(MESSAGES))
+    proc = run(
+        [str(python), "-c", TEMPLATE_SCRIPT, str(folder)], tmp_path, input=json.dumps(MESSAGES)
+    )
     old = json.loads(proc.stdout.strip().splitlines()[-1])
     assert old["version"] == TRANSFORMERS_4.split("==")[1]
     assert old["text"] == chat.render(tok, MESSAGES, True)

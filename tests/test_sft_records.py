@@ -130,7 +130,10 @@ def test_a_malformed_record_is_one_line_naming_file_and_record(
     ("record", "problem"),
     [
         ({"prompt": "q", "completion": [{"role": "assistant", "content": "a"}]}, "both be strings"),
-        ({"prompt": [{"role": "user", "content": "q"}], "completion": []}, "no assistant turn in the completion"),
+        (
+            {"prompt": [{"role": "user", "content": "q"}], "completion": []},
+            "no assistant turn in the completion",
+        ),
         ({"prompt": "q"}, "no completion"),
     ],
 )

@@ -34,7 +34,9 @@ TRAIN = dict(
 
 @pytest.fixture(scope="module")
 def splits():
-    tok = tokenizer.train_bpe(["a + b is the sum of a and b. " * 6, "def f(q):\n    pass\n"], 300, 2)
+    tok = tokenizer.train_bpe(
+        ["a + b is the sum of a and b. " * 6, "def f(q):\n    pass\n"], 300, 2
+    )
     chat.ensure_template(tok)
     return split_of(tok, conversations(12), context=96), split_of(tok, conversations(3), 96), tok
 

@@ -88,9 +88,13 @@ def end_of_turn(tok: PreTrainedTokenizerBase) -> str:
     """The end-of-turn token of `tok`'s template: the special token that follows an
     assistant answer in its rendering (ChatML's <|im_end|>; a Llama 3's <|eot_id|>)."""
     probe = "codexlm-probe-answer"
-    text = render(tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], False)
+    text = render(
+        tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], False
+    )
     rest = text[text.find(probe) + len(probe) :] if probe in text else ""
-    specials = sorted(set(tok.all_special_tokens) | set(tok.get_added_vocab()), key=len, reverse=True)
+    specials = sorted(
+        set(tok.all_special_tokens) | set(tok.get_added_vocab()), key=len, reverse=True
+    )
     for s in specials:
         if s and rest.startswith(s):
             return s

@@ -46,9 +46,9 @@ from codexlm.decontam import contaminated
 from codexlm.errors import MachineFault, UserError
 from codexlm.hashing import contents_sha256, text_sha256
 from codexlm.params import TABLE_EXTS, is_archive
-from codexlm.records import check_columns, contents, dumps, example_of, loads, scrubbed
 from codexlm.records import COLUMNS as RECORD_COLUMNS
 from codexlm.records import cell as record_cell
+from codexlm.records import check_columns, contents, dumps, example_of, loads, scrubbed
 from codexlm.scrub import scrub
 
 SPLITS = ("train", "val", "test")
@@ -383,9 +383,7 @@ def _read_records(path: Path, fmt: str) -> Iterator[Raw]:
                     record = {c: record_cell(v) for c, v in zip(columns, values, strict=True)}
                 except UnicodeDecodeError:
                     raise UserError(f"{where}: not UTF-8") from None
-                yield Raw(
-                    f"{path.name}:{row}", dumps(example_of(record, fmt, where)), example=True
-                )
+                yield Raw(f"{path.name}:{row}", dumps(example_of(record, fmt, where)), example=True)
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
 

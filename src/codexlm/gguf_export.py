@@ -18,6 +18,7 @@ from typing import Any
 import gguf
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
 from codexlm import chat
 
 QUANT_TYPES = {

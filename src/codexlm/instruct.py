@@ -43,7 +43,9 @@ def _functions(source: str) -> Iterator[tuple[str, str, str]]:
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or len(node.body) < 2:
             continue
         doc = node.body[0]
-        if not (isinstance(doc, ast.Expr) and isinstance(getattr(doc, "value", None), ast.Constant)):
+        if not (
+            isinstance(doc, ast.Expr) and isinstance(getattr(doc, "value", None), ast.Constant)
+        ):
             continue
         if not isinstance(doc.value.value, str) or node.decorator_list:
             continue

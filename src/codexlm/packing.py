@@ -130,7 +130,9 @@ def build_rows(split: Split, rows: list[np.ndarray]) -> Rows:
     return Rows(t(inputs), t(labels), t(positions), t(segments))
 
 
-def attention_mask(segments: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+def attention_mask(
+    segments: torch.Tensor, attn_implementation: str, dtype: torch.dtype
+) -> torch.Tensor:
     """The (B, 1, T, T) block-diagonal causal mask of a batch of rows, as the attention
     implementation takes a 4-D mask as is: boolean (True: attend) for SDPA, additive for
     eager (transformers adds it to the scores). A padding position attends to itself only

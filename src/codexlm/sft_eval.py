@@ -96,8 +96,12 @@ def answers(
     out: list[Answer] = []
     for b in range(0, len(examples), batch_size):
         batch = examples[b : b + batch_size]
-        last = [max(i for i, m in enumerate(e["messages"]) if m["role"] == "assistant") for e in batch]
-        prompts = [chat.render(tok, e["messages"][:i], True) for e, i in zip(batch, last, strict=True)]
+        last = [
+            max(i for i, m in enumerate(e["messages"]) if m["role"] == "assistant") for e in batch
+        ]
+        prompts = [
+            chat.render(tok, e["messages"][:i], True) for e, i in zip(batch, last, strict=True)
+        ]
         ids = [backend.encode(p, add_special_tokens=False).ids for p in prompts]
         width = max(map(len, ids))
         x = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
@@ -116,9 +120,13 @@ def answers(
         for e, i, row in zip(batch, last, gen, strict=True):
             stopped = eot_id in row
             row = row[: row.index(eot_id)] if stopped else row
-            user = next((m["content"] for m in reversed(e["messages"][:i]) if m["role"] == "user"), "")
+            user = next(
+                (m["content"] for m in reversed(e["messages"][:i]) if m["role"] == "user"), ""
+            )
             text = tok.decode(row, skip_special_tokens=True)
-            out.append(Answer(task_of(e["messages"]), user, text, e["messages"][i]["content"], stopped))
+            out.append(
+                Answer(task_of(e["messages"]), user, text, e["messages"][i]["content"], stopped)
+            )
     return out
 
 

@@ -203,7 +203,9 @@ def encode_examples(
             if chat.holds_special_text(tok, example["messages"]):
                 dropped["special_text"] += 1
                 continue
-            rendered, spans = chat.answer_spans(tok, example["messages"], example["train_from"], eot)
+            rendered, spans = chat.answer_spans(
+                tok, example["messages"], example["train_from"], eot
+            )
             enc = chat.encode(backend, rendered, spans)
             if not enc.targets[1:].any():  # the first token is never predicted
                 dropped["no_target"] += 1
