@@ -63,7 +63,7 @@ SFT_PARAMS := -S data.source=data/instruct.jsonl -S data.format=messages \
 sft: instruct
 	test -f models/export/config.json || { echo "run make repro first: models/export is the base"; exit 2; }
 	rm -rf models/base && cp -r models/export models/base
-	$(BIN)/dvc exp run $(SFT_PARAMS)
+	$(BIN)/dvc exp run $(SFT_PARAMS) export  # codeeval (HumanEval completions) is for code models
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

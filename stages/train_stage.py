@@ -16,7 +16,7 @@ from codexlm import parallel, params, provenance
 from codexlm.callbacks import ProgressBar
 from codexlm.checkpoint_policy import run_fingerprint
 from codexlm.data import check_splits, load_tokens
-from codexlm.errors import run_stage
+from codexlm.errors import UserError, run_stage
 from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout
 from codexlm.packing import load_examples, prepare_split
@@ -46,6 +46,13 @@ def main() -> None:
             )
             for s in ("train", "val")
         ]
+        for name, split in zip(("train", "val"), splits, strict=True):
+            if len(split.keep) == 0:
+                raise UserError(
+                    f"model.context: {p.model.context} tokens leave no example of the {name} "
+                    f"split a target ({split.dropped} dropped: their answers start later); "
+                    "raise model.context or shorten the prompts"
+                )
         if d.main:
             print(
                 f"train: {len(splits[0].keep)} examples, {splits[0].dropped} dropped (no target "
