@@ -165,3 +165,37 @@ def test_a_csv_without_the_formats_columns_is_refused_before_reading(tmp_path: P
     path.write_text("text\nhello\n")
     with pytest.raises(UserError, match="no column 'prompt' or 'completion'"):
         corpus.prepare(str(path), out_dir=tmp_path / "o", fmt="prompt_completion", **FAST)
+
+
+def test_the_built_in_dataset_is_derived_deterministically(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from codexlm import instruct
+
+    source = (
+        'def area(w, h):\n    """Width times height."""\n    return w * h\n\n'
+        "def noop():\n    pass\n\n"
+        'class K:\n    def name(self):\n        """The name."""\n        return "k"\n'
+    )
+    archive = tmp_path / "lib.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("Lib/m.py")
+        info.size = len(source.encode())
+        tar.addfile(info, io.BytesIO(source.encode()))
+    assert instruct.write(archive, tmp_path / "a.jsonl") == 4
+    instruct.write(archive, tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    answers = [r["messages"][2]["content"] for r in rows]
+    assert answers == ["return w * h", 'return "k"', "area()", "name()"]
+    assert rows[0]["messages"][1]["content"] == 'def area(w, h):\n    """Width times height."""'
+    assert [sft_task(r) for r in rows] == ["body", "body", "call", "call"]
+    # and prepare reads it as a messages source
+    corpus.prepare(str(tmp_path / "a.jsonl"), out_dir=tmp_path / "o", fmt="messages", **FAST)
+
+
+def sft_task(record: dict) -> str:
+    from codexlm.sft_eval import task_of
+
+    return task_of(record["messages"])
