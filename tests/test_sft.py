@@ -275,3 +275,26 @@ def test_batches_are_a_pure_function_of_the_step(tok) -> None:
     two = [packing.step_rows(a, 2, 0, 1, 1, r, 2)[0][0] for r in range(2)]
     assert [r.tolist() for r in one] == [r.tolist() for r in two]
     assert records.loads(records.dumps({"a": 1})) == {"a": 1}
+
+
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+    "\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_a_checkpoints_own_template_is_kept_and_masked_alike() -> None:
+    """model.init's tokenizer with a template of its own (Llama 3's shape, whose end of turn
+    is <|eot_id|>, content trimmed, a BOS in front) keeps it, and the mask follows it."""
+    own = tokenizer.train_bpe(["Paris is the capital of France. " * 4], 300, 2)
+    own.add_special_tokens(
+        {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
+    own.chat_template = LLAMA3
+    assert not chat.ensure_template(own) and own.chat_template == LLAMA3
+    assert chat.end_of_turn(own) == "<|eot_id|>"
+    text, spans = chat.answer_spans(own, MULTI, 0, "<|eot_id|>")
+    enc = chat.encode(chat.encoder(own), text, spans)
+    assert own.decode(np.asarray(enc.ids)[enc.targets]) == "four<|eot_id|>six, of course<|eot_id|>"
+    assert enc.ids[0] == own.bos_token_id and not enc.targets[0]  # one BOS, from the template
