@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import run
 from huggingface_hub import ModelCard
-from test_export import TOKENIZERS_4, TRANSFORMERS_4, venv_with
+from test_export import JINJA2, TOKENIZERS_4, TRANSFORMERS_4, venv_with
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, pipeline
 
 from codexlm import chat, export, sft_eval, tokenizer
@@ -91,8 +91,6 @@ def test_the_pipeline_answers_messages_as_evaluation_does(exported) -> None:
     )
     assert out[-1]["content"] == mine.answer
 
-
-JINJA2 = "jinja2==3.1.6"  # requirements.lock's: apply_chat_template renders with it
 
 TEMPLATE_SCRIPT = """
 import json, sys, transformers
