@@ -112,3 +112,26 @@ def test_two_ranks_average_to_the_one_process_gradient(splits) -> None:
     single = grad_of(train_mod.row_batch(sched, 1, 0, one, train_mod.Dist()))
     assert ((ranks[0] + ranks[1]) / 2 - single).abs().max() < 1e-6
     assert (ranks[0] - single).abs().max() > 1e-4  # one rank alone is not the step
+
+
+def test_lora_trains_the_rows_of_the_tokens_the_template_added() -> None:
+    """Under LoRA the chat template's new tokens get trainable embedding rows (the tied head
+    follows them), or the model could never learn to emit <|im_end|>."""
+    from conftest import model_args
+
+    from codexlm.model import apply_lora, build_model
+
+    model = build_model(model_args(n_layer=1, n_head=2, d_model=32, context=16), 64, 0, 1, 0)
+    model.resize_token_embeddings(66, pad_to_multiple_of=64)
+    lora = apply_lora(model, 4, 8, 0.0, "auto", [64, 65])
+    fwd = train_mod.CausalLMLoss(lora)
+    x, y = torch.tensor([[1, 64, 5, 65, 2]]), torch.tensor([[64, 5, 65, 2, -100]])
+    fwd(x, y, torch.arange(5)[None], torch.ones_like(x), 4.0).backward()
+    grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad and "token" in n}
+    assert len(grads) == 1 and next(iter(grads.values())).abs().sum() > 0
+    # the base embedding itself stays frozen
+    assert (
+        not lora.get_base_model()
+        .get_input_embeddings()
+        .token_adapter.base_layer.weight.requires_grad
+    )
