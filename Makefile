@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test lint format bench clean stdlib verify-lock recipe
+.PHONY: install repro test lint format bench clean stdlib verify-lock recipe instruct sft
 
 install: $(STAMP)
 
@@ -49,6 +49,21 @@ format: $(STAMP)
 # FLOPs per token and estimated tokens/s and memory; RUN=1 runs it as a `dvc exp run`
 recipe: $(STAMP)
 	$(BIN)/python -m codexlm.recipes $(NAME) $(if $(RUN),--run)
+
+# the built-in instruction dataset, from the default corpus (docs/sft.md)
+instruct: $(STAMP)
+	$(BIN)/python -m codexlm.instruct
+
+# instruction-tune the default pipeline's export on it: one `dvc exp run` (docs/sft.md).
+# models/base is a copy: depending on models/export, the pipeline's own output, is a cycle
+SFT_PARAMS := -S data.source=data/instruct.jsonl -S data.format=messages \
+  -S data.near_dup_threshold=1.0 -S model.init=models/base -S train.optimizer=adamw \
+  -S train.lr=2e-3 -S train.steps=800 -S train.batch_size=16 -S train.warmup_steps=40 \
+  -S train.compile=false -S evaluate.max_examples=300
+sft: instruct
+	test -f models/export/config.json || { echo "run make repro first: models/export is the base"; exit 2; }
+	rm -rf models/base && cp -r models/export models/base
+	$(BIN)/dvc exp run $(SFT_PARAMS) export  # codeeval (HumanEval completions) is for code models
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from codexlm import params, provenance
+from codexlm import params, provenance, sft_eval
 from codexlm.atomic import write_json, write_text
 from codexlm.errors import run_stage
 from codexlm.evaluate import (
@@ -26,7 +26,8 @@ from codexlm.evaluate import (
     split_details,
 )
 from codexlm.live import open_live
-from codexlm.model import load_trained
+from codexlm.model import load_model, load_trained
+from codexlm.packing import load_examples, prepare_split
 
 OUT = Path("reports/evaluate")
 TRAIN_LOG = Path("reports/train")
@@ -39,6 +40,9 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_trained(Path("models/trained"), p.model.init if p.lora.enabled else None)
     model.to(device)
+    meta = json.loads(Path("data/tokens/meta.json").read_text())
+    if meta.get("format") == "examples":
+        return evaluate_examples(p, model, tok, meta, device)
     results = {
         split: evaluate_split(
             model,
@@ -74,6 +78,56 @@ def main() -> None:
         f"evaluate: test loss {t.loss:.4f}, bits/byte {t.bits_per_byte:.4f} "
         f"± {t.bits_per_byte_se:.4f} over {t.documents} documents "
         f"(xz -9: {t.xz_bits_per_byte:.4f}), accuracy {t.accuracy:.3f}"
+    )
+
+
+def evaluate_examples(p: params.Params, model, tok, meta: dict, device: torch.device) -> None:
+    """Instruction data: answer-token loss on test and val (and of model.init before tuning),
+    greedy answers to the test prompts: exact match and stop rate (codexlm.sft_eval)."""
+    e = p.evaluate
+    splits = {
+        s: prepare_split(
+            load_examples(Path("data/tokens"), s), p.model.context, "answers", meta["pad_id"]
+        )
+        for s in ("test", "val")
+    }
+    metrics: dict[str, float] = {}
+    for s, split in splits.items():
+        for k, v in sft_eval.answer_loss(model, split, e.batch_size, device).items():
+            metrics[f"{s}/{k}"] = v
+    if not p.model.from_scratch:  # the same answers scored by the model before tuning
+        base = load_model(Path(p.model.init))
+        if base.get_input_embeddings().weight.shape[0] < meta["vocab_size"]:
+            base.resize_token_embeddings(meta["vocab_size"], pad_to_multiple_of=64)
+        base_loss = sft_eval.answer_loss(base.to(device), splits["test"], e.batch_size, device)
+        metrics["test/answer_loss_init"] = base_loss["answer_loss"]
+        del base
+    held = sft_eval.held_out(Path("data/prepared"), "test", e.max_examples)
+    answers = sft_eval.answers(model, tok, held, e.max_new_tokens, e.batch_size, device)
+    metrics.update({f"test/{k}": v for k, v in sft_eval.generation_metrics(answers).items()})
+    live = open_live(OUT, None)
+    for k, v in metrics.items():
+        live.log_metric(k, v, plot=False)
+    live.make_summary()
+    plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
+    samples_md = sft_eval.samples_markdown(answers)
+    write_text(OUT / "samples.md", samples_md)
+    lines = [
+        "# Evaluation report (instruction data)\n",
+        *[f"- {k}: {v:,.4g}" for k, v in metrics.items()],
+    ]
+    write_text(
+        OUT / "report.md", "\n".join(lines) + "\n\n" + samples_md.replace("# Samples", "## Samples")
+    )
+    print(
+        f"evaluate: test answer loss {metrics['test/answer_loss']:.4f}"
+        + (
+            f" (model.init: {metrics['test/answer_loss_init']:.4f})"
+            if "test/answer_loss_init" in metrics
+            else ""
+        )
+        + f", exact match {metrics['test/exact_match']:.3f}, stopped by themselves "
+        f"{metrics['test/stop_rate']:.3f} of {metrics['test/answers']:.0f} answers"
     )
 
 

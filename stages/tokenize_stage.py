@@ -28,6 +28,12 @@ def main() -> None:
         out_dir=Path("data/tokens"),
         max_train_bytes=int(p.tokenizer.max_train_mb * 1_000_000),
     )
+    if meta.get("format") == "examples":
+        print(
+            f"tokenize: vocab {meta['vocab_size']}, {meta['chat_template']}, examples "
+            f"{meta['examples']}, targets {meta['targets']}, dropped {meta['dropped']}"
+        )
+        return
     print(
         f"tokenize: vocab {meta['vocab_size']}, tokens {meta['tokens']}, "
         f"bytes/token {meta['bytes_per_token']}"

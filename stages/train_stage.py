@@ -16,9 +16,10 @@ from codexlm import parallel, params, provenance
 from codexlm.callbacks import ProgressBar
 from codexlm.checkpoint_policy import run_fingerprint
 from codexlm.data import check_splits, load_tokens
-from codexlm.errors import run_stage
+from codexlm.errors import UserError, run_stage
 from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout
+from codexlm.packing import load_examples, prepare_split
 from codexlm.train import Interrupted, NonFiniteError, Run, train
 
 TOKENS, REPORTS = Path("data/tokens"), Path("reports/train")
@@ -29,14 +30,37 @@ def main() -> None:
     provenance.check_environment()  # after params: their mistakes are the commonest
     parallel.relaunch(p.train.nproc, __file__)
     meta = json.loads((TOKENS / "meta.json").read_text())
-    check_splits(meta, p.model.context, p.train.eval_batches, p.train.batch_size)
+    examples = meta.get("format") == "examples"
+    if not examples:
+        check_splits(meta, p.model.context, p.train.eval_batches, p.train.batch_size)
     d = parallel.init_distributed()
     model = model_for(p.model, p.lora, meta, p.seed)
     blocks = p.model.model_dump(), p.lora.model_dump(), p.train.model_dump()
     resumes_across = params.not_fingerprinted(params.Train)
     fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model), resumes_across)
     run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, log_dir=REPORTS)
-    tokens = load_tokens(TOKENS, "train"), load_tokens(TOKENS, "val")
+    if examples:  # instruction data: whole examples, cut to the context (codexlm.packing)
+        splits = [
+            prepare_split(
+                load_examples(TOKENS, s), p.model.context, p.train.loss_on, meta["pad_id"]
+            )
+            for s in ("train", "val")
+        ]
+        for name, split in zip(("train", "val"), splits, strict=True):
+            if len(split.keep) == 0:
+                raise UserError(
+                    f"model.context: {p.model.context} tokens leave no example of the {name} "
+                    f"split a target ({split.dropped} dropped: their answers start later); "
+                    "raise model.context or shorten the prompts"
+                )
+        if d.main:
+            print(
+                f"train: {len(splits[0].keep)} examples, {splits[0].dropped} dropped (no target "
+                f"left in model.context {p.model.context}); val {len(splits[1].keep)}"
+            )
+        tokens = tuple(splits)
+    else:
+        tokens = load_tokens(TOKENS, "train"), load_tokens(TOKENS, "val")
     reporters = [ProgressBar(), LiveLogger(REPORTS)]
     try:
         summary = train(model, *tokens, p.train, run, reporters)

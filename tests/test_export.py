@@ -53,6 +53,7 @@ SNIPPETS = [
 PROMPTS = ["def add(a, b):", "import os\n\nclass Stack:\n    def", "x"]
 TRANSFORMERS_4 = "transformers==4.57.6"
 TOKENIZERS_4 = "tokenizers==0.22.2"  # what transformers 4.57 accepts (<=0.23.0)
+JINJA2 = "jinja2==3.1.6"  # requirements.lock's: 4.57's apply_chat_template (test_sft_export)
 
 
 def test_export_tokenizer_config_is_portable(built: Path) -> None:
@@ -174,7 +175,7 @@ def test_transformers_4_reads_the_tokenizer_as_5_does(
     """The export's tokenizer under transformers 4.57 (its own environment, from the package
     index, cached in CODEXLM_TEST_CACHE or ~/.cache) gives the ids transformers 5 gives."""
     cache = Path(os.environ.get("CODEXLM_TEST_CACHE", Path.home() / ".cache" / "codexlm-tests"))
-    python = venv_with(cache, TRANSFORMERS_4, TOKENIZERS_4)
+    python = venv_with(cache, TRANSFORMERS_4, TOKENIZERS_4, JINJA2)  # one venv for both
     export = built / "models/export"
     proc = run([str(python), "-c", IDS_SCRIPT, str(export)], built, input=json.dumps(SNIPPETS))
     old = json.loads(proc.stdout.strip().splitlines()[-1])

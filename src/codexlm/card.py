@@ -129,6 +129,24 @@ def usage(name: str, gguf_file: str | None, adapter: bool, base_model: str | Non
     return lines
 
 
+def chat_usage(name: str) -> list[str]:
+    """The snippet of a model tuned on instruction data: messages in, the answer out, the
+    prompt formatted by the chat template that training used (in tokenizer_config.json)."""
+    return [
+        "Chat with it: the tokenizer carries the chat template the model was tuned with, and",
+        "generation stops at its end-of-turn token (`generation_config.eos_token_id`).",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'chat = pipeline("text-generation", model="{name}")  # the path of this folder',
+        'messages = [{"role": "user", "content": "Call `getcwd`."}]',
+        'print(chat(messages, do_sample=False)[0]["generated_text"][-1]["content"])',
+        "```",
+        "",
+    ]
+
+
 def model_card(info: dict[str, Any]) -> ModelCard:
     """`info`: name, license (export.license), params (params.yaml as read), metrics
     (reports/evaluate/metrics.json), data_stats, lineage (dvc.lock hashes), gguf_file."""
@@ -151,6 +169,7 @@ def model_card(info: dict[str, Any]) -> ModelCard:
         "",
         *usage(info["name"], info.get("gguf_file"), adapter, base_model),
         "",
+        *(chat_usage(info["name"]) if info["data_stats"].get("format", "text") != "text" else []),
         "## Evaluation (test split)",
         "",
         "| metric | value |",

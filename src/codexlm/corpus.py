@@ -46,6 +46,9 @@ from codexlm.decontam import contaminated
 from codexlm.errors import MachineFault, UserError
 from codexlm.hashing import contents_sha256, text_sha256
 from codexlm.params import TABLE_EXTS, is_archive
+from codexlm.records import COLUMNS as RECORD_COLUMNS
+from codexlm.records import cell as record_cell
+from codexlm.records import check_columns, contents, dumps, example_of, loads, scrubbed
 from codexlm.scrub import scrub
 
 SPLITS = ("train", "val", "test")
@@ -87,6 +90,7 @@ class Raw:
     name: str
     data: bytes | str | None
     skip: str | None = None
+    example: bool = False  # data is an instruction example's canonical JSON (codexlm.records)
 
 
 @dataclass
@@ -334,6 +338,56 @@ def _cell(name: str, value: object) -> Raw:
     return Raw(name, None, "null_text")
 
 
+def _read_records(path: Path, fmt: str) -> Iterator[Raw]:
+    """The instruction examples of a .jsonl/.csv/.parquet file, checked record by record: the
+    first malformed one stops prepare with its file, record number and problem."""
+    if path.suffix == ".jsonl":
+        with path.open("rb") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}: record {i}"
+                try:
+                    record = json.loads(line)
+                except UnicodeDecodeError:
+                    raise UserError(f"{where}: not UTF-8") from None
+                except (ValueError, RecursionError):
+                    raise UserError(f"{where}: not a JSON object on one line") from None
+                yield Raw(f"{path.name}:{i}", dumps(example_of(record, fmt, where)), example=True)
+        return
+    columns = list(RECORD_COLUMNS[fmt])
+    try:
+        if path.suffix == ".parquet":
+            pf = pq.ParquetFile(path, pre_buffer=False)
+            check_columns(path, pf.schema_arrow.names, fmt)
+            batches = pf.iter_batches(columns=columns, batch_size=1024)
+        else:
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=1 << 22),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(columns, pa.binary())
+                ),
+            )
+            check_columns(path, reader.schema.names, fmt)
+            batches = reader
+        row = 0
+        for batch in batches:
+            for values in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
+                row += 1
+                where = f"{path}: record {row}"
+                try:
+                    record = {c: record_cell(v) for c, v in zip(columns, values, strict=True)}
+                except UnicodeDecodeError:
+                    raise UserError(f"{where}: not UTF-8") from None
+                yield Raw(f"{path.name}:{row}", dumps(example_of(record, fmt, where)), example=True)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -342,10 +396,18 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def iter_source(source: str, include: list[str], text_column: str, max_chars: int) -> Iterator[Raw]:
+def iter_source(
+    source: str, include: list[str], text_column: str, max_chars: int, fmt: str = "text"
+) -> Iterator[Raw]:
     """Every document of `data.source`: "stdlib", a folder, a tar archive (files matching
-    `include`, in archive order), or a .jsonl/.csv/.parquet file."""
+    `include`, in archive order), or a .jsonl/.csv/.parquet file; with `fmt` other than
+    text, the instruction examples of a table file (codexlm.records)."""
     max_bytes = 4 * max_chars  # a UTF-8 character is at most 4 bytes
+    if fmt != "text":
+        if Path(source).suffix not in TABLE_EXTS:
+            raise UserError(f"data.format: {fmt} needs a {'/'.join(TABLE_EXTS)} data.source")
+        yield from _read_records(Path(source), fmt)
+        return
     if source == "stdlib":
         yield from _read_files(stdlib_root(), _stdlib_files(), max_bytes)
         return
@@ -380,6 +442,8 @@ def clean(
     found: Counter[str] = Counter()
     if raw.skip:
         return None, raw.skip, found
+    if raw.example:
+        return _clean_example(raw, min_chars, max_chars, scrub_secrets, decontaminate)
     data = raw.data
     if isinstance(data, bytes):
         try:
@@ -401,6 +465,30 @@ def clean(
     if decontaminate != "none" and contaminated(text, decontaminate):
         return None, "contaminated", Counter()
     return text, None, found
+
+
+def _clean_example(
+    raw: Raw, min_chars: int, max_chars: int, scrub_secrets: bool, decontaminate: str
+) -> tuple[str | None, str | None, Counter[str]]:
+    """clean() for an instruction example: the length rules count its contents' characters;
+    every content is scrubbed; NUL or lone surrogates anywhere drop it."""
+    found: Counter[str] = Counter()
+    assert isinstance(raw.data, str)
+    example = loads(raw.data)
+    text = contents(example)
+    if "\0" in text:
+        return None, "binary", found
+    if not _is_utf8(raw.data):
+        return None, "invalid_unicode", found
+    if len(text) < min_chars:
+        return None, "too_short", found
+    if len(text) > max_chars:
+        return None, "too_long", found
+    if scrub_secrets:
+        example = scrubbed(example, scrub, found, raw.name)
+    if decontaminate != "none" and contaminated(contents(example), decontaminate):
+        return None, "contaminated", Counter()
+    return dumps(example), None, found
 
 
 def split_of_digest(key: bytes, val_fraction: float, test_fraction: float) -> str:
@@ -658,12 +746,15 @@ def prepare(
     workers: int | None = None,
     source_identity: dict[str, object] | None = None,
     decontaminate: str = "none",
+    fmt: str = "text",
 ) -> dict[str, object]:
     """Write out_dir/{train,val,test}.parquet and stats.json; return the stats.
 
     `source_identity` (what the source is, e.g. `stdlib_identity()`) is recorded in stats.json.
+    With `fmt` prompt_completion or messages, each row's text is an instruction example's
+    canonical JSON (codexlm.records), and stats.json says so (`format`) for tokenize.
     """
-    docs = iter_source(source, include, text_column, max_chars)
+    docs = iter_source(source, include, text_column, max_chars, fmt)
     # the source's own checks (it exists, its text column does) fail on the first document:
     # read it before anything is written or shown
     docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
@@ -699,7 +790,8 @@ def prepare(
             f"add documents or adjust {_knobs(stats.dropped)}"
         )
     files.commit()
-    result = stats.as_dict()
+    # stats.json of text data is as before this key existed (the default pipeline's outputs)
+    result = stats.as_dict() if fmt == "text" else {"format": fmt, **stats.as_dict()}
     if source_identity is not None:
         result["source"] = source_identity
     result["decontamination"] = {

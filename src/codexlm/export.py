@@ -15,6 +15,7 @@ from transformers import (
     GenerationConfig,
 )
 
+from codexlm import chat
 from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
 from codexlm.gguf_export import TOLERANCE as GGUF_TOLERANCE
@@ -88,12 +89,16 @@ def export(
         exported.save_pretrained(tmp, safe_serialization=True)
         tok.model_max_length = context
         save_tokenizer(tok, tmp)
+        # a chat model stops at its template's end-of-turn token as well as at end-of-text
+        eos = [tok.eos_token_id]
+        if tok.chat_template:
+            eos.append(tok.convert_tokens_to_ids(chat.end_of_turn(tok)))
         GenerationConfig(
             max_new_tokens=64,
             do_sample=True,
             temperature=0.8,
             top_k=40,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=eos if len(eos) > 1 else eos[0],
             pad_token_id=tok.pad_token_id,
             bos_token_id=tok.bos_token_id,
         ).save_pretrained(tmp)
@@ -135,4 +140,7 @@ def _reload(path: Path, adapter_base: str | None) -> torch.nn.Module:
     base = AutoModelForCausalLM.from_pretrained(
         adapter_base, trust_remote_code=False, dtype=torch.float32
     )
+    vocab = len(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+    if base.get_input_embeddings().weight.shape[0] < vocab:  # the chat template's tokens
+        base.resize_token_embeddings(vocab, pad_to_multiple_of=64)
     return PeftModel.from_pretrained(base, path).eval()

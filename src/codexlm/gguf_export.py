@@ -19,6 +19,8 @@ import gguf
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from codexlm import chat
+
 QUANT_TYPES = {
     "f32": gguf.GGMLQuantizationType.F32,
     "f16": gguf.GGMLQuantizationType.F16,
@@ -220,7 +222,9 @@ def write_gguf(
     # falls back to its own default for BPE vocabularies
     special.add_special_token.setdefault("bos", False)
     special.add_special_token.setdefault("eos", False)
-    special.add_to_gguf(writer, quiet=True)
+    special.add_to_gguf(writer, quiet=True)  # with tokenizer_config.json's chat_template
+    if tok.chat_template:  # llama.cpp's chat mode ends a turn at this token
+        writer.add_eot_token_id(tok.convert_tokens_to_ids(chat.end_of_turn(tok)))
 
     names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     qtype = QUANT_TYPES[dtype]

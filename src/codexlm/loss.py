@@ -9,6 +9,11 @@ Only one chunk of logits exists at any time.
 
 Targets are already shifted (`targets[:, t]` is the token after `inputs[:, t]`): the data
 windows are built that way (codexlm.data), so no position ever scores its own input.
+
+Instruction rows (codexlm.packing) add position ids, segments (the block-diagonal mask) and
+the step's target count: their loss is the summed NLL of this micro-batch's targets (labels
+other than -100) divided by the targets of the whole step, every micro-batch and rank, so
+that the step's gradient is that of Σ NLL / Σ targets however the step is split.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from codexlm.metrics import lm_loss
+from codexlm.packing import IGNORE, attention_mask
 
 # Logits per chunk: 2**26 fp32 values are 256 MB. At vocab 4096 that is 16k tokens, so the
 # CPU default (4096 tokens a micro-batch) runs in one chunk; at 50k it is 1280 tokens.
@@ -119,8 +125,49 @@ class CausalLMLoss(torch.nn.Module):
             self.trunk, self.head = parts
             self.chunk = chunk_tokens(self.head.weight.shape[0])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+        denom: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        if segments is not None:
+            return self._rows(x, y, positions, segments, denom)
         if not self.chunked:
             return lm_loss(self.model(input_ids=x, use_cache=False).logits, y)
         hidden = self.trunk(input_ids=x, use_cache=False).last_hidden_state
         return linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, y.flatten(), self.chunk)
+
+    def _rows(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        positions: torch.Tensor | None,
+        segments: torch.Tensor,
+        denom: torch.Tensor | float | None,
+    ) -> torch.Tensor:
+        """Σ NLL of the targets / denom (the step's targets), attention within each example."""
+        mask = attention_mask(segments, attn_implementation(self.model), torch.float32)
+        kw = dict(input_ids=x, position_ids=positions, attention_mask=mask, use_cache=False)
+        denom = 1.0 if denom is None else denom
+        if not self.chunked:
+            return rows_nll(self.model(**kw).logits, y) / denom
+        hidden = self.trunk(**kw).last_hidden_state.flatten(0, 1)
+        keep = y.flatten() != IGNORE  # masked positions get no logits, so no gradient
+        n = keep.sum()
+        mean = linear_cross_entropy(hidden[keep], self.head.weight, y.flatten()[keep], self.chunk)
+        return mean * n / denom
+
+
+def rows_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL over the targets (labels other than -100, already shifted)."""
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def attn_implementation(model: torch.nn.Module) -> str:
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    return getattr(hf.config, "_attn_implementation", None) or "eager"

@@ -250,7 +250,10 @@ def model_for(cfg: ModelArgs, lora: LoraArgs, tokens_meta: dict, seed: int) -> t
             # the tokenizer gained tokens the checkpoint has no embeddings for
             model.resize_token_embeddings(vocab, pad_to_multiple_of=64)
     if lora.enabled:
-        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        # tokens the tokenizer gained (the chat template's): their embedding rows (and the
+        # tied head's) train with the adapters, or the model could never emit them
+        added = tokens_meta.get("added_ids") or None
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, added)
     return model
 
 
@@ -293,9 +296,15 @@ def lora_targets(model: PreTrainedModel) -> tuple[list[str], bool]:
 
 
 def apply_lora(
-    model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str] | str
+    model: PreTrainedModel,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str] | str,
+    trainable_tokens: list[int] | None = None,
 ) -> torch.nn.Module:
-    """Wrap with peft LoRA: only the adapters train; the base weights are frozen."""
+    """Wrap with peft LoRA: only the adapters train; the base weights are frozen, except the
+    embedding rows of `trainable_tokens` (peft's trainable tokens, tied head included)."""
     from peft import LoraConfig, get_peft_model
 
     if target_modules == "auto":
@@ -310,6 +319,7 @@ def apply_lora(
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
         task_type="CAUSAL_LM",
+        trainable_token_indices=trainable_tokens,
     )
     try:
         return get_peft_model(model, config)
@@ -340,6 +350,8 @@ def load_trained(
         base = AutoModelForCausalLM.from_pretrained(
             lora_base, trust_remote_code=False, dtype=torch.float32
         )
+        if base.get_input_embeddings().weight.shape[0] < len(tok):
+            base.resize_token_embeddings(len(tok), pad_to_multiple_of=64)  # as model_for did
         model = PeftModel.from_pretrained(base, path)
     else:
         model = AutoModelForCausalLM.from_pretrained(

@@ -83,6 +83,9 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 class Data(_Block):
     source: str = Field(min_length=1)
+    # text: documents (every token trained); prompt_completion / messages: instruction
+    # examples from a .jsonl/.csv/.parquet table, rendered with a chat template (codexlm.chat)
+    format: Literal["text", "prompt_completion", "messages"]
     include: list[str] = Field(min_length=1)
     text_column: str = Field(min_length=1)
     min_chars: int = Field(ge=0)
@@ -102,6 +105,15 @@ class Data(_Block):
             raise ValueError(
                 f"data.min_chars: {self.min_chars} exceeds data.max_chars ({self.max_chars}): "
                 "every document would be dropped"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _examples_come_from_a_table(self) -> Data:
+        if self.format != "text" and Path(self.source).suffix not in TABLE_EXTS:
+            raise ValueError(
+                f"data.format: {self.format} reads records of a {'/'.join(TABLE_EXTS)} file; "
+                f"data.source {self.source!r} is not one (or set data.format: text)"
             )
         return self
 
@@ -320,6 +332,11 @@ class Train(_Block):
     max_bad_steps: int = PositiveInt
     nproc: int = _resumes_across(gt=0)
     strategy: Literal["ddp", "fsdp"]
+    # instruction data only (data.format prompt_completion | messages): the targets are the
+    # answers and their end-of-turn tokens, or every token of the example; examples packed
+    # several to a window (attention kept within each) or one to a padded row
+    loss_on: Literal["answers", "all"]
+    packing: bool
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
@@ -387,6 +404,8 @@ class Train(_Block):
 class Evaluate(_Block):
     batch_size: int = PositiveInt
     max_tokens: int = Field(ge=0)  # 0 = the whole split
+    # instruction data: the held-out conversations answered greedily (0: every one)
+    max_examples: int = Field(ge=0)
     prompts: list[NonEmpty] = Field(min_length=1)
     max_new_tokens: int = PositiveInt
     # 0 is greedy; below 0.01 the scaled logits overflow to inf and sampling fails

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from codexlm import chat, records
 from codexlm.atomic import replace_dir, write_json
 from codexlm.errors import UserError
 from codexlm.hashing import file_sha256
@@ -86,15 +87,29 @@ def load_pretrained(path: Path) -> PreTrainedTokenizerBase:
 
 def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
     """`tok.save_pretrained(folder)` with a tokenizer_config.json that transformers 4.x and
-    5.x, llama.cpp's converter and optimum all read the same way (see PORTABLE_CONFIG)."""
+    5.x, llama.cpp's converter and optimum all read the same way (see PORTABLE_CONFIG).
+
+    A tokenizer with a chat template reads special-token text as the special tokens (its
+    template's markup must encode as the ids trained; contents holding such text were
+    dropped at tokenize), and keeps the template in tokenizer_config.json, where 4.x and 5.x
+    both read it, with no `{% generation %}` markers (plain-Jinja consumers reject them)."""
+    split = SPLIT_SPECIAL_TOKENS and not tok.chat_template
     tok.padding_side = PORTABLE_CONFIG["padding_side"]
-    tok.split_special_tokens = SPLIT_SPECIAL_TOKENS
+    tok.split_special_tokens = split
+    template = chat.portable_template(tok.chat_template) if tok.chat_template else None
     tok.save_pretrained(folder)
+    (Path(folder) / "chat_template.jinja").unlink(missing_ok=True)  # 5.x's separate file
     path = Path(folder) / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     for key in LOADER_KEYS:
         config.pop(key, None)
-    config.update(PORTABLE_CONFIG)
+    config.update(PORTABLE_CONFIG, split_special_tokens=split)
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):  # 5.x's list (the chat tokens); 4.x reads this key as a
+        # dict of named tokens and fails on a list, and both read the older name
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    if template is not None:
+        config["chat_template"] = template
     path.write_text(
         json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -171,6 +186,53 @@ def read_texts(path: Path, batch_size: int = 256) -> Iterator[list[str]]:
         yield batch.column("text").to_pylist()
 
 
+def encode_examples(
+    tok: PreTrainedTokenizerBase, texts: Iterator[list[str]], out: Path, dtype: np.dtype
+) -> dict[str, object]:
+    """Write one split of instruction examples: `out` (the flat token ids of the renderings,
+    one after the other), `out.mask.bin` (uint8, 1 where the token is a target) and
+    `out.index.npy` (int64 start of every example, and the end); return the counts."""
+    backend, eot = chat.encoder(tok), chat.end_of_turn(tok)
+    starts, n_tokens, n_targets, n_bytes = [0], 0, 0, 0
+    dropped: dict[str, int] = {"special_text": 0, "no_target": 0}
+    mask_path = out.with_name(out.stem + ".mask.bin")
+    tmp, tmp_mask = (p.with_name(f".{p.name}.tmp") for p in (out, mask_path))
+    with tmp.open("wb") as f, tmp_mask.open("wb") as fm:
+        for text in (t for batch in texts for t in batch):
+            example = records.loads(text)
+            if chat.holds_special_text(tok, example["messages"]):
+                dropped["special_text"] += 1
+                continue
+            rendered, spans = chat.answer_spans(
+                tok, example["messages"], example["train_from"], eot
+            )
+            enc = chat.encode(backend, rendered, spans)
+            if not enc.targets[1:].any():  # the first token is never predicted
+                dropped["no_target"] += 1
+                continue
+            f.write(np.asarray(enc.ids, dtype=dtype).tobytes())
+            fm.write(enc.targets.astype(np.uint8).tobytes())
+            n_tokens += len(enc.ids)
+            n_targets += int(enc.targets[1:].sum())
+            n_bytes += len(rendered.encode("utf-8"))
+            starts.append(n_tokens)
+        for handle in (f, fm):
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, out)
+    os.replace(tmp_mask, mask_path)
+    index = out.with_name(out.stem + ".index.npy")
+    np.save(index.with_name(f".{index.name}.tmp.npy"), np.asarray(starts, dtype=np.int64))
+    os.replace(index.with_name(f".{index.name}.tmp.npy"), index)
+    return {
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "examples": len(starts) - 1,
+        "targets": n_targets,
+        "dropped": dropped,
+    }
+
+
 def tokenize(
     prepared: Path,
     init: str,
@@ -197,6 +259,9 @@ def tokenize(
         tok = train_bpe(texts, vocab_size, min_frequency)
     else:
         tok = load_pretrained(Path(init))
+    stats = json.loads((prepared / "stats.json").read_text())
+    if stats.get("format", "text") != "text":
+        return tokenize_examples(tok, prepared, tok_dir, out_dir, splits)
     with replace_dir(tok_dir) as tmp:
         save_tokenizer(tok, tmp)
     vocab = len(tok)
@@ -215,6 +280,53 @@ def tokenize(
         "bytes": {s: c[1] for s, c in counts.items()},
         "bytes_per_token": {s: round(c[1] / max(c[0], 1), 4) for s, c in counts.items()},
         "sha256": {s: file_sha256(out_dir / f"{s}.bin") for s in splits},
+        "tokenizer_sha256": file_sha256(tok_dir / "tokenizer.json"),
+    }
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def tokenize_examples(
+    tok: PreTrainedTokenizerBase,
+    prepared: Path,
+    tok_dir: Path,
+    out_dir: Path,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> dict:
+    """The tokenize stage on instruction data: the chat template (the tokenizer's own, or the
+    project's ChatML with its tokens added), then every split's examples and masks."""
+    before = len(tok)
+    chat.ensure_template(tok)
+    vocab = len(tok)
+    added = list(range(before, vocab))  # the template's tokens, when the tokenizer lacked them
+    dtype = token_dtype(vocab)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with replace_dir(tok_dir) as tmp:
+        save_tokenizer(tok, tmp)
+    counts = {
+        s: encode_examples(tok, read_texts(prepared / f"{s}.parquet"), out_dir / f"{s}.bin", dtype)
+        for s in splits
+    }
+    for s in ("train", "val"):
+        if counts[s]["examples"] == 0:
+            raise UserError(
+                f"data.source: the {s} split has no example with a target after rendering "
+                f"(dropped: {counts[s]['dropped']})"
+            )
+    files = [f"{s}{ext}" for s in splits for ext in (".bin", ".mask.bin", ".index.npy")]
+    meta = {
+        "format": "examples",
+        "dtype": dtype.name,
+        "vocab_size": vocab,
+        "eot_id": tok.eos_token_id,
+        "pad_id": tok.pad_token_id,
+        "end_of_turn_id": tok.convert_tokens_to_ids(chat.end_of_turn(tok)),
+        "added_ids": added,
+        "chat_template": chat.template_name(tok.chat_template),
+        **{k: {s: c[k] for s, c in counts.items()} for k in ("tokens", "bytes", "examples")},
+        "targets": {s: c["targets"] for s, c in counts.items()},
+        "dropped": {s: c["dropped"] for s, c in counts.items()},
+        "sha256": {f: file_sha256(out_dir / f) for f in files},
         "tokenizer_sha256": file_sha256(tok_dir / "tokenizer.json"),
     }
     write_json(out_dir / "meta.json", meta)

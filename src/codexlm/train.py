@@ -42,6 +42,7 @@ from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
 from codexlm.optim import MuonAdamW, build_optimizer, lr_at, set_lr, state_bytes
+from codexlm.packing import Schedule, Split, build_rows, fixed_rows, step_rows
 from codexlm.parallel import Dist, weights_finite
 from codexlm.schedule import interval_seconds
 
@@ -79,6 +80,8 @@ class TrainArgs(Protocol):
     max_bad_steps: int
     nproc: int  # read by the stage (torchrun) and the fingerprint, not the loop
     strategy: str
+    loss_on: str  # answers | all: instruction data's targets (codexlm.examples)
+    packing: bool  # instruction data: several examples per window, or one per padded row
 
 
 @dataclass(frozen=True)
@@ -129,26 +132,37 @@ def deterministic_kernels(device: torch.device) -> Callable[[], None]:
     return lambda: torch.use_deterministic_algorithms(was, warn_only=warn_only)
 
 
+def row_batch(rows_of: Schedule, step: int, micro: int, cfg: TrainArgs, d: Dist) -> tuple:
+    """Instruction rows of micro-batch `micro` of `step` for this rank: inputs, labels,
+    position ids, segments, and the divisor that makes the step's loss Σ NLL / Σ targets
+    over every micro-batch and rank (x world: DDP averages the ranks' gradients)."""
+    rows, targets = step_rows(rows_of, step, micro, cfg.batch_size, cfg.grad_accum, d.rank, d.world)
+    r = build_rows(rows_of.split, rows)
+    return r.inputs, r.labels, r.positions, r.segments, torch.tensor(targets / d.world)
+
+
 def device_batches(
-    tokens: np.ndarray, seed: int, start: int, cfg: TrainArgs, context: int, d: Dist
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    tokens: np.ndarray | Split, seed: int, start: int, cfg: TrainArgs, context: int, d: Dist
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """This rank's micro-batches of steps start..steps-1, in order, one ahead of the loop.
 
     Each batch is a pure function of (seed, step, micro-step, rank), so prefetching changes
     nothing a resume could see. On CUDA the next batch goes through pinned memory with an
-    asynchronous copy, queued before the current one's kernels are waited on.
+    asynchronous copy, queued before the current one's kernels are waited on. Instruction
+    data (a packing.Split) gives rows of whole examples (`row_batch`).
     """
+    rows_of = Schedule(tokens, seed, cfg.packing) if isinstance(tokens, Split) else None
 
-    def fetch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = train_batch(
-            tokens, seed, step, micro, cfg.batch_size, cfg.grad_accum, context, d.rank, d.world
-        )
+    def fetch(step: int, micro: int) -> tuple[torch.Tensor, ...]:
+        if rows_of is not None:
+            batch = row_batch(rows_of, step, micro, cfg, d)
+        else:
+            batch = train_batch(
+                tokens, seed, step, micro, cfg.batch_size, cfg.grad_accum, context, d.rank, d.world
+            )
         if d.device.type != "cuda":
-            return x, y
-        return (
-            x.pin_memory().to(d.device, non_blocking=True),
-            y.pin_memory().to(d.device, non_blocking=True),
-        )
+            return batch
+        return tuple(t.pin_memory().to(d.device, non_blocking=True) for t in batch)
 
     pending = None
     for step, micro in itertools.product(range(start, cfg.steps), range(cfg.grad_accum)):
@@ -163,16 +177,20 @@ def device_batches(
 def validation_loss(
     loss_fn: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None
 ) -> float:
-    """Token-weighted mean loss over the fixed validation batches."""
+    """Token-weighted mean loss over the fixed validation batches (instruction rows: Σ NLL
+    of the targets / Σ targets)."""
     was_training = loss_fn.training
     loss_fn.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     count = 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
+    for batch in batches:
+        x, y, *rows = (t.to(device) for t in batch)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            total += loss_fn(x, y).double() * y.numel()
-        count += y.numel()
+            if rows:
+                total += loss_fn(x, y, *rows).double()  # a sum: no divisor
+            else:
+                total += loss_fn(x, y).double() * y.numel()
+        count += int((y != -100).sum()) if rows else y.numel()
     loss_fn.train(was_training)
     return float(total) / count
 
@@ -365,15 +383,19 @@ def train_step(
     set_lr(parts.opt, lr)
     step_loss = torch.zeros((), device=d.device)
     for micro in range(cfg.grad_accum):
-        x, y = next(batches)
+        batch = next(batches)
+        # text windows: each micro-batch's mean over its tokens, averaged over the micro-
+        # batches (all hold as many tokens); instruction rows: each micro-batch's Σ NLL over
+        # the step's Σ targets already (codexlm.loss), so the micro-batches add up
+        scale = 1.0 / cfg.grad_accum if len(batch) == 2 else 1.0
         # DDP and FSDP reduce gradients on the last micro-step only
         with parallel.grad_sync(parts.fwd, parts.mode, d.world, micro == cfg.grad_accum - 1):
             with torch.autocast(
                 d.device.type, dtype=parts.amp or torch.float32, enabled=parts.amp is not None
             ):
-                loss = parts.fwd(x, y)
-            (loss / cfg.grad_accum).backward()
-        step_loss += loss.detach() / cfg.grad_accum
+                loss = parts.fwd(*batch)
+            (loss * scale).backward()
+        step_loss += loss.detach() * scale
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = parallel.local(torch.nn.utils.clip_grad_norm_(parts.params, clip))  # DTensor: FSDP
     bad = ~torch.isfinite(norm)
@@ -523,8 +545,8 @@ def start_info(parts: Parts, loop: LoopState, cfg: TrainArgs, resumed: bool) -> 
 
 def train(
     model: torch.nn.Module,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray,
+    train_tokens: np.ndarray | Split,
+    val_tokens: np.ndarray | Split,
     cfg: TrainArgs,
     run: Run,
     callbacks: Sequence[Any] = (),
@@ -590,12 +612,25 @@ def train(
         emit(reporters, "on_close")
 
 
+def validation_batches(
+    tokens: np.ndarray | Split, seed: int, n: int, batch_size: int, context: int
+) -> list[tuple[torch.Tensor, ...]]:
+    """The fixed validation batches: text windows, or the val split's first rows of examples."""
+    if not isinstance(tokens, Split):
+        return eval_batches(tokens, seed, n, batch_size, context)
+    out = []
+    for rows in fixed_rows(tokens, n, batch_size):
+        r = build_rows(tokens, rows)
+        out.append((r.inputs, r.labels, r.positions, r.segments))
+    return out
+
+
 def run_steps(
     parts: Parts,
     loop: LoopState,
     policy: checkpoint_policy.Policy,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray,
+    train_tokens: np.ndarray | Split,
+    val_tokens: np.ndarray | Split,
     cfg: TrainArgs,
     run: Run,
     callbacks: Sequence[Any],
@@ -604,7 +639,7 @@ def run_steps(
     d = run.dist
     # cfg.eval_batches global batches of windows, the same set whatever the process count
     n_val = cfg.eval_batches * cfg.grad_accum * d.world
-    val_data = eval_batches(val_tokens, run.seed, n_val, cfg.batch_size, run.context)
+    val_data = validation_batches(val_tokens, run.seed, n_val, cfg.batch_size, run.context)
 
     def validate(step: int) -> None:
         loop.val_loss = validation_loss(parts.evaluator, val_data, d.device, parts.amp)
