@@ -19,6 +19,7 @@ temporary file to the three split files.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import json
@@ -732,6 +733,11 @@ def _route(staged: Path, splits: list[str], stats: Stats, files: _SplitFiles) ->
             i += 1
 
 
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: a file someone else put there stays
+        folder.rmdir()
+
+
 def prepare(
     source: str,
     include: list[str],
@@ -758,6 +764,7 @@ def prepare(
     # the source's own checks (it exists, its text column does) fail on the first document:
     # read it before anything is written or shown
     docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
+    created = not out_dir.exists()  # removed again if the stage fails: no empty output
     staging, stats = _SplitFiles(out_dir, ("all",)), Stats()
     files: _SplitFiles | None = None
     jobs = ((raw, min_chars, max_chars, scrub_secrets, decontaminate) for raw in docs)
@@ -774,15 +781,20 @@ def prepare(
         _route(staging.tmp["all"], splits, stats, files)
         files.close()
     except BaseException:
-        # a source that fails part way (unreadable table, missing column) leaves nothing behind
+        # a source that fails part way (unreadable table, missing column, malformed record)
+        # leaves nothing behind
         if files is not None:
             files.discard()
-        raise
-    finally:
         staging.discard()
+        if created:
+            _remove_if_empty(out_dir)
+        raise
+    staging.discard()
     empty = [s for s in SPLITS if stats.documents[s] == 0]
     if empty:
         files.discard()
+        if created:
+            _remove_if_empty(out_dir)
         kept_docs = sum(stats.documents.values())
         raise UserError(
             f"data.source: {source!r} gave {kept_docs} usable documents (dropped: "

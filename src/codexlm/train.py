@@ -387,15 +387,17 @@ def train_step(
         # text windows: each micro-batch's mean over its tokens, averaged over the micro-
         # batches (all hold as many tokens); instruction rows: each micro-batch's Σ NLL over
         # the step's Σ targets already (codexlm.loss), so the micro-batches add up
-        scale = 1.0 / cfg.grad_accum if len(batch) == 2 else 1.0
+        parts_of_step = cfg.grad_accum if len(batch) == 2 else 1
         # DDP and FSDP reduce gradients on the last micro-step only
         with parallel.grad_sync(parts.fwd, parts.mode, d.world, micro == cfg.grad_accum - 1):
             with torch.autocast(
                 d.device.type, dtype=parts.amp or torch.float32, enabled=parts.amp is not None
             ):
                 loss = parts.fwd(*batch)
-            (loss * scale).backward()
-        step_loss += loss.detach() * scale
+            # a division, as before instruction rows existed: x / 3 and x * (1 / 3) can
+            # differ in the last bit, and the text path's weights are the lock's
+            (loss / parts_of_step).backward()
+        step_loss += loss.detach() / parts_of_step
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = parallel.local(torch.nn.utils.clip_grad_norm_(parts.params, clip))  # DTensor: FSDP
     bad = ~torch.isfinite(norm)
