@@ -121,11 +121,14 @@ def test_a_stage_refuses_other_package_versions(finished: Path) -> None:
 
 
 def test_verify_lock_names_what_the_code_does_not_reproduce(finished: Path, tmp_path) -> None:
+    """Also the pipeline's determinism, end to end: a clean clone with the same params (no
+    outputs, no cache, no run-cache) reproduces every other entry of the lock byte for byte,
+    data, tokenizer, trained weights and every file of the export (its card included)."""
     repo = finished
     run(["git", "add", "dvc.lock"], repo)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    trained = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/trained")
-    trained["md5"] = "0" * 32 + ".dir"  # a claim this code never produced
+    tokens = next(o for o in lock["stages"]["tokenize"]["outs"] if o["path"] == "data/tokens")
+    tokens["md5"] = "0" * 32 + ".dir"  # a claim this code never produced
     (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "lock"], repo)
     tool = ROOT / "tools/verify_lock.py"
@@ -134,7 +137,7 @@ def test_verify_lock_names_what_the_code_does_not_reproduce(finished: Path, tmp_
     assert proc.returncode == 1, proc.stdout + proc.stderr
     differs = [line for line in proc.stdout.splitlines() if "differs:" in line]
     # everything else, rerun from scratch in a clean clone, matched the committed lock
-    assert len(differs) == 1 and "train: out models/trained: committed '000" in differs[0]
+    assert len(differs) == 1 and "tokenize: out data/tokens: committed '000" in differs[0]
     # --update took the clean run's lock and outputs: the claim is true again
     assert "0" * 32 not in (repo / "dvc.lock").read_text()
     assert changed_stages(repo) == set()
