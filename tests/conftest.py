@@ -200,3 +200,27 @@ def fake_checkpoint(path: Path, **config) -> Path:
     (path / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
     save_file({"w": np.zeros(4, dtype=np.float32)}, str(path / "model.safetensors"))
     return path
+
+
+# The files with the longest end-to-end runs, longest first (CPU seconds measured on this
+# project's 2-core machine: docs/development.md). pytest-xdist (`--dist loadfile`) hands out
+# whole files in collection order, so these go first and the two workers finish together
+# instead of one of them running a long file alone at the end.
+LONGEST_FIRST = (
+    "test_remote.py",
+    "test_distributed.py",
+    "test_finetune.py",
+    "test_lock.py",
+    "test_bench.py",
+    "test_kill.py",
+    "test_experiments.py",
+    "test_determinism.py",
+    "test_pipeline.py",
+    "test_evaluate.py",
+    "test_scrub_corpus.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
