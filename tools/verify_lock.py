@@ -64,9 +64,11 @@ def follows_rounding(key: str) -> bool:
 RECORD = "reports/lock.json"  # the machine that wrote the lock, and its weights' sketch
 METRICS = "reports/evaluate/metrics.json"
 SKETCH_DIM = 32  # projections per tensor: the relative difference to within ~25%
-# Set ahead of a measurement of the cross-ISA drift (docs/reproducibility.md): a tenth of the
-# test split's standard error for the metrics; 5% of a tensor's norm for the weights
-WEIGHTS_RTOL = 0.05
+# From the one cross-ISA measurement (docs/reproducibility.md: the AVX2 stand-in against the
+# AVX-512 lock of 5bd9fbe): weights 5.9% at most (a q_proj), metrics 0.07% at most. The
+# weights' bound is 2.5x that (the sketch is good to ~25%, and a real AVX2 CPU is not the
+# stand-in); the metrics' stays a tenth of the test split's standard error, 7x the drift
+WEIGHTS_RTOL = 0.15
 METRICS_RTOL = 0.005
 # the figures of metrics.json compared under rounding (wall-clock ones are not)
 COMPARED_METRICS = (
