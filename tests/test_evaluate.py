@@ -63,6 +63,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     prepared.mkdir()
     for split in SPLITS:
         write_split(prepared, split, DOCS)
+    (prepared / "stats.json").write_text("{}")  # prepare writes one; text data has no format
     tok = train_bpe(DOCS * 10, vocab_size=300, min_frequency=2)
     if request.param == "prefix_space":
         tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
