@@ -1,4 +1,5 @@
-# `make repro` runs the whole pipeline; `make test` runs the test suite. Each creates .venv
+# `make repro` runs the whole pipeline; `make test` runs the test suite but its long end-to-end
+# tests (`make test-slow` runs those, `make test-all` both; CI runs both). Each creates .venv
 # (from requirements.lock) when it is missing or older than the lock file.
 VENV   ?= .venv
 PYTHON ?= python3
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test lint format bench clean stdlib verify-lock recipe instruct sft
+.PHONY: install repro test test-slow test-all lint format bench clean stdlib verify-lock recipe instruct sft
 
 install: $(STAMP)
 
@@ -30,7 +31,15 @@ repro: $(STAMP)
 	$(BIN)/python stages/check_params.py  # params, corpus and model.init: before dvc removes any output
 	$(BIN)/dvc repro $(shell $(BIN)/dvc remote default >/dev/null 2>&1 && echo --pull)
 
+# the tests marked slow (pyproject.toml) are the second end-to-end run of paths make test
+# already runs once, the benchmarks' smoke runs and the full 164-problem HumanEval runs
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # record this interpreter's standard library as the default corpus (prepare refuses another)

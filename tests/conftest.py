@@ -215,6 +215,8 @@ LONGEST_FIRST = (
     "test_kill.py",
     "test_experiments.py",
     "test_determinism.py",
+    "test_loss.py",
+    "test_provenance.py",
     "test_pipeline.py",
     "test_evaluate.py",
     "test_scrub_corpus.py",

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow  # two processes, each compiling
-
 SCRIPT = """
 import contextlib, hashlib, io, sys, tempfile
 from pathlib import Path
@@ -42,7 +40,10 @@ print(digest.hexdigest())
 
 # each mode once and each optimizer once: only the model is compiled, so a compiled AdamW run
 # compiles the same graphs as the compiled Muon run (~100 s of the suite for no new kernel)
-@pytest.mark.parametrize(("mode", "optimizer"), [("eager", "adamw"), ("compile", "muon")])
+@pytest.mark.parametrize(
+    ("mode", "optimizer"),
+    [("eager", "adamw"), pytest.param("compile", "muon", marks=pytest.mark.slow)],  # 2 compiles
+)
 def test_two_processes_train_identical_weights(tmp_path: Path, mode: str, optimizer: str) -> None:
     """With two CPU threads, as a real run has (the suite itself runs single-threaded):
     compiled kernels once summed the embedding's gradient with atomic adds across threads,

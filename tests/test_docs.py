@@ -294,3 +294,15 @@ def test_marked_snippets_run(snippet: tuple[str, str, str]) -> None:
 
 def test_some_snippets_are_marked_to_run() -> None:
     assert len(runnable()) >= 2
+
+
+def test_ci_runs_both_tiers_and_they_split_on_the_slow_marker() -> None:
+    """`make test` leaves the `slow` tests out, so CI must run `make test-slow` too, or they
+    would never run at all."""
+    make = (ROOT / "Makefile").read_text()
+    recipe = {
+        t: re.search(rf"^{t}: .*\n\t(.*)$", make, re.M).group(1) for t in ("test", "test-slow")
+    }
+    assert recipe["test"].endswith('-m "not slow"') and recipe["test-slow"].endswith("-m slow")
+    ci = [line.split("#")[0].strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    assert "make test" in ci and "make test-slow" in ci

@@ -171,7 +171,6 @@ def test_token_file_that_does_not_match_the_documents(setup, tmp_path: Path) -> 
         evaluate_split(model, root / "tokens", prepared, "test", CONTEXT, 2, "cpu")
 
 
-@pytest.mark.slow
 def test_mismatch_is_one_line_from_the_stage(built: Path, tmp_path: Path) -> None:
     """The stage itself: exit code 2 and one line naming both files, nothing written."""
     repo = tmp_path / "repo"

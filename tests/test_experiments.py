@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-pytestmark = pytest.mark.slow
-
 
 def logged_lr(repo: Path, step: int) -> float:
     with (repo / "reports/train/plots/metrics/lr.tsv").open(newline="") as f:

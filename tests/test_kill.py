@@ -18,7 +18,6 @@ import yaml
 from conftest import VENV_BIN, run
 from test_checkpoint import history
 
-pytestmark = pytest.mark.slow
 STEPS = 24
 
 

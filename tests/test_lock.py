@@ -17,8 +17,6 @@ from conftest import ROOT, run
 
 from codexlm import provenance
 
-pytestmark = pytest.mark.slow
-
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -53,6 +51,7 @@ def finished(built: Path, tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_code_change_retrains_from_step_0(finished: Path) -> None:
     repo = finished
     trained = sha(repo / "models/trained/model.safetensors")
@@ -120,6 +119,7 @@ def test_a_stage_refuses_other_package_versions(finished: Path) -> None:
     assert lines[0].startswith("error: versions.yaml: numpy 0.0.1 is declared")
 
 
+@pytest.mark.slow  # a clone and a from-scratch run
 def test_verify_lock_names_what_the_code_does_not_reproduce(finished: Path, tmp_path) -> None:
     """Also the pipeline's determinism, end to end: a clean clone with the same params (no
     outputs, no cache, no run-cache) reproduces every other entry of the lock byte for byte,

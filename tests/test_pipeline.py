@@ -11,8 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run
 
-pytestmark = pytest.mark.slow
-
 
 def tsv_steps(path: Path) -> list[int]:
     with path.open(newline="") as f:
