@@ -1,4 +1,4 @@
-# `make repro` runs the whole pipeline; `make test` runs the test suite but its long end-to-end
+# `make repro` runs the whole pipeline; `make test` runs the test suite less its long end-to-end
 # tests (`make test-slow` runs those, `make test-all` both; CI runs both). Each creates .venv
 # (from requirements.lock) when it is missing or older than the lock file.
 VENV   ?= .venv
@@ -33,14 +33,15 @@ repro: $(STAMP)
 
 # the tests marked slow (pyproject.toml) are the second end-to-end run of paths make test
 # already runs once, the benchmarks' smoke runs and the full 164-problem HumanEval runs
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
+	$(PYTEST) -m slow
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(PYTEST)
 
 # record this interpreter's standard library as the default corpus (prepare refuses another)
 stdlib: $(STAMP)
