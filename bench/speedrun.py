@@ -80,7 +80,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 # Depth against width keeps the blocks' matrices at ~4 x 128^2 weights (L x d^2: 6 x 104^2,
 # 2 x 184^2); context keeps the tokens a step (24 x 128). Not here: attention that stops at
 # document boundaries, which needs the loop to pass per-window position ids (train.py).
-DEFAULT = {**BETAS, "train.batch_size": 24}
+DEFAULT = {**BETAS, "train.batch_size": 24, "train.steps": 600}  # params.yaml's
 ROUND_TWO: dict[str, dict[str, Any]] = {
     "qk-norm (qwen3)": {"model.arch": "qwen3"},
     "gqa (2 kv heads)": {"model.n_kv_head": 2},

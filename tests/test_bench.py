@@ -153,3 +153,16 @@ def test_speedrun_compares_candidates_on_both_budgets(built: Path) -> None:
         assert r["test_bpb"] > 0 and r["xz_bpb"] > 0 and r["train_s"] > 0
         assert r["tokens"] == r["steps"] * 32 * 32
     assert rows["muon", "tokens"]["val_bpb"] != base["val_bpb"]  # the lever took effect
+
+
+def test_speedrun_round_two_baseline_is_params_yaml() -> None:
+    """Round two measures levers against today's default: its baseline, composed from the
+    old default and round one's levers, is params.yaml's model and train blocks exactly."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import speedrun
+    from common import load_params
+
+    p = load_params(ROOT / "params.yaml")
+    vocab, model, train = speedrun.configure(p, speedrun.ROUNDS[2][0])
+    assert vocab == p.tokenizer.vocab_size
+    assert model == p.model and train == p.train

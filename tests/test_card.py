@@ -4,6 +4,7 @@ model-index with the test metrics; deterministic."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -100,3 +101,16 @@ def test_the_stage_card_reads_the_pipelines_files(tmp_path: Path) -> None:
     assert str(card) == str(model_card(info()))
     assert "reports/train" not in lineage(files["lock_file"], PROVENANCE)
     assert lineage(tmp_path / "absent.lock", PROVENANCE) == {}
+
+
+def test_card_states_the_measured_reproducibility_of_docs(tmp_path: Path) -> None:
+    """The card says what holds across CPUs with the figures docs/reproducibility.md measured:
+    a card whose figures drift from the measurement's record fails here."""
+    text = reload(model_card(info()), tmp_path).text
+    assert "## Reproducing" in text and "make verify-lock" in text
+    section = text.split("## Reproducing", 1)[1]
+    docs = (Path(__file__).parents[1] / "docs" / "reproducibility.md").read_text()
+    cited = re.findall(r"(\d+\.\d+)%", section.replace("5.6-5.9%", "5.6% 5.9%"))
+    assert cited == ["5.6", "5.9", "0.07"]
+    for figure in cited:
+        assert f"{figure}%" in docs.replace("**", ""), figure
