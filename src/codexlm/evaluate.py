@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -287,6 +288,15 @@ def _figure():
     return plt
 
 
+def _save(plt: Any, fig: Any, ax: Any, out: Path) -> None:
+    """Grid, legend, layout; no Software tag (matplotlib's version would enter the bytes)."""
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+
+
 def plot_loss_curves(train_log: Path, out: Path) -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -295,11 +305,7 @@ def plot_loss_curves(train_log: Path, out: Path) -> None:
         ax.plot(steps, values, label=f"{split} loss", marker="o" if split == "val" else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats / token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, metadata={"Software": None})
-    plt.close(fig)
+    _save(plt, fig, ax, out)
 
 
 def plot_loss_by_position(results: dict[str, SplitResult], out: Path) -> None:
@@ -310,11 +316,7 @@ def plot_loss_by_position(results: dict[str, SplitResult], out: Path) -> None:
     ax.set_xlabel("position in the context window (tokens of context + 1)")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title("Loss by position: longer context, easier prediction")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, metadata={"Software": None})
-    plt.close(fig)
+    _save(plt, fig, ax, out)
 
 
 def headline_metrics(
