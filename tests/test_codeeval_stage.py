@@ -79,6 +79,33 @@ def test_greedy_is_identical_twice_and_sampling_reproduces(trained) -> None:
         assert raw == cut or any(raw[len(cut) :].startswith(s) for s in codeeval.CODEX_STOPS)
 
 
+def test_each_row_says_whether_it_stopped_by_itself(trained) -> None:
+    """A row stopped by itself when it reached a stop sequence or an end token within
+    max_new_tokens; a caller's end ids end a row where the first of them is, its text cut
+    before it, though it is no special token (a chat template's added end-of-turn)."""
+    problems, model, tok, _, _ = trained
+    prompts = [p.prompt for p in problems]
+    kw = dict(batch_size=2, temperature=0.0, top_p=1.0, seed=0, device=torch.device("cpu"))
+    # the memorised solutions end in "\ndef" and then EOS (the fixture's training rows)
+    by_stops = complete(model, tok, prompts, max_new_tokens=48, stops=codeeval.CODEX_STOPS, **kw)
+    by_eos = complete(model, tok, prompts, max_new_tokens=48, stops=(), **kw)
+    budget = complete(model, tok, prompts, max_new_tokens=2, stops=codeeval.CODEX_STOPS, **kw)
+    assert by_stops.stopped == by_eos.stopped == [True] * len(prompts), by_eos.raw
+    assert budget.stopped == [False] * len(prompts)
+    assert all(r.endswith("\ndef") for r in by_eos.raw)  # EOS itself decoded away
+
+    x = torch.tensor([tok(prompts[0]).input_ids])
+    ref = model.generate(
+        input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=48, do_sample=False,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )[0, x.shape[1] :].tolist()  # fmt: skip
+    end = ref[3]
+    assert end not in tok.all_special_ids
+    mine = complete(model, tok, prompts[:1], max_new_tokens=48, stops=(), eos_ids=[end], **kw)
+    assert mine.stopped == [True]
+    assert mine.raw == [tok.decode(ref[: ref.index(end)], skip_special_tokens=True)]
+
+
 def test_stage_scores_a_model_that_learned_the_solutions(trained, tmp_path: Path) -> None:
     """One stage run over the learned problems and the same prompts with tests that cannot
     pass: the first score, the second do not (the same completions, so the tests decide)."""

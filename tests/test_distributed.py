@@ -1,18 +1,21 @@
-"""DDP and FSDP on CPU (gloo): 2 processes with half the batch each follow the 1-process run."""
+"""DDP and FSDP on CPU (gloo): 2 processes with half the batch each follow the 1-process run,
+on text and on packed instruction data."""
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import run
+from conftest import ROOT, run, run_script, tiny_params
 from safetensors.torch import load_file
 
 from codexlm import checkpoint_files, checkpoint_policy
+from codexlm.packing import Schedule, load_examples, prepare_split
 
 
 def history(repo: Path, name: str) -> dict[int, float]:
@@ -142,3 +145,71 @@ def test_fsdp_matches_one_process_and_resumes(built: Path, one_adamw: Path, tmp_
     saved = trained_weights(repo)
     for name, w in weights.items():
         assert torch.equal(saved[name], w), name
+
+
+def repeat_conversations(n: int) -> list[dict]:
+    """Requests to say `wI` k times, answered with k copies (1 to 9 words): the ranks' rows
+    hold very different numbers of targets, so a per-rank mean would differ from Σ/Σ."""
+    out = []
+    for i in range(n):
+        k = 1 + (i * 5) % 9
+        msgs = [
+            {"role": "user", "content": f"Say `w{i}` {k} times."},
+            {"role": "assistant", "content": " ".join([f"w{i}"] * k)},
+        ]
+        if i % 3 == 0:
+            msgs.insert(0, {"role": "system", "content": "Answer with the words only."})
+        out.append({"messages": msgs})
+    return out
+
+
+def stage(cwd: Path, name: str) -> str:
+    proc = run_script(f"stages/{name}_stage.py", cwd)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def sft_tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the stage scripts, tiny SFT params (packing, loss on the answers,
+    AdamW) and the tokenized conversations: prepare and tokenize only."""
+    cwd = tmp_path_factory.mktemp("sft") / "repo"
+    shutil.copytree(ROOT / "stages", cwd / "stages")
+    shutil.copy(ROOT / "versions.yaml", cwd)
+    shutil.copy(ROOT / "scratch", cwd)
+    source = cwd / "chat.jsonl"
+    source.write_text("".join(json.dumps(c) + "\n" for c in repeat_conversations(48)))
+    p = tiny_params(str(source))
+    p["data"].update(format="messages", near_dup_threshold=1.0)
+    p["model"]["context"] = 128  # two or three examples a row
+    p["train"].update(optimizer="adamw", lr=3e-3, steps=6, eval_every=3, checkpoint_every=3)
+    assert p["train"]["packing"] and p["train"]["loss_on"] == "answers"
+    assert p["train"]["nproc"] == 1 and p["train"]["grad_accum"] == 1
+    (cwd / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    stage(cwd, "prepare")
+    stage(cwd, "tokenize")
+    assert json.loads((cwd / "data/tokens/meta.json").read_text())["format"] == "examples"
+    # the rows the run draws hold several examples each: the block-diagonal mask is in play
+    split = prepare_split(load_examples(cwd / "data/tokens", "train"), 128, "answers", 1)
+    assert max(map(len, Schedule(split, p["seed"], True).rows(0, 24))) >= 3
+    return cwd
+
+
+def test_two_processes_match_one_on_packed_instruction_data(
+    sft_tokens: Path, tmp_path: Path
+) -> None:
+    """Packed rows of whole examples under DDP: each rank takes its share of the step's rows
+    and divides its NLL by the targets of the whole step over every rank (counted on the
+    host), so the all-reduced mean gradient is the one-process Σ NLL / Σ targets. AdamW in
+    fp32: the curves to 1e-4 and the final weights to 1e-5, as for text."""
+    one = untrained_copy(sft_tokens, tmp_path / "one")
+    out = stage(one, "train")
+    assert "starting from step 0" in out and "processes" not in out
+    two = two_process_copy(sft_tokens, tmp_path / "two", "ddp")
+    out = stage(two, "train")
+    assert "starting from step 0" in out and "2 processes, ddp" in out
+    assert_same_curves(one, two)
+    a, b = trained_weights(one), trained_weights(two)
+    assert a.keys() == b.keys()
+    for name, w in a.items():
+        assert torch.allclose(b[name], w, atol=1e-5), name

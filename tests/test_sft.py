@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from codexlm import chat, packing, records, tokenizer
+from codexlm import chat, packing, records, sft_eval, tokenizer
 from codexlm.errors import UserError
 from codexlm.loss import CausalLMLoss, rows_nll
 
@@ -275,6 +275,57 @@ def test_batches_are_a_pure_function_of_the_step(tok) -> None:
     two = [packing.step_rows(a, 2, 0, 1, 1, r, 2)[0][0] for r in range(2)]
     assert [r.tolist() for r in one] == [r.tolist() for r in two]
     assert records.loads(records.dumps({"a": 1})) == {"a": 1}
+
+
+def answered(
+    model: torch.nn.Module, tok, messages: list[dict], new: int
+) -> tuple[list[int], sft_eval.Answer]:
+    """sft_eval's greedy answer, and the prompt ids the model's embedding read first."""
+    inputs: list[list[int]] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: inputs.append(args[0][0].tolist())
+    )
+    try:
+        (answer,) = sft_eval.answers(
+            model, tok, [{"messages": messages}], new, 1, torch.device("cpu")
+        )
+    finally:
+        hook.remove()
+    return inputs[0], answer
+
+
+def test_chat_prompts_are_cut_only_where_the_positions_end(tok) -> None:
+    """Evaluation's greedy answers read the whole rendered conversation on a rotary model,
+    even past its positions (cutting its start would drop the system message that names
+    the task); on gpt2, whose absolute positions end (the whole prompt: an index error),
+    its last tokens, the generation prompt kept, so that prompt and answer fit."""
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": "Capital of France? " * 8},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    rendered = chat.render(tok, messages[:-1], True)
+    ids = chat.encoder(tok).encode(rendered, add_special_tokens=False).ids
+    positions, new = 32, 6
+    assert len(ids) > positions
+    llama = LlamaForCausalLM._from_config(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=positions,
+        )
+    )
+    gpt2 = GPT2LMHeadModel._from_config(
+        GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_positions=positions)
+    )
+    header = chat.encoder(tok).encode("<|im_start|>assistant\n", add_special_tokens=False).ids
+    for model, seen in ((llama, ids), (gpt2, ids[-(positions - new) :])):
+        prompt, answer = answered(model, tok, messages, new)
+        assert prompt == seen, type(model).__name__
+        assert seen[-len(header) :] == header and answer.reference == "Paris"
 
 
 LLAMA3 = (

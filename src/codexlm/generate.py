@@ -1,5 +1,7 @@
 """Batched completion of prompts: left-padded, KV-cached (`generate`'s cache), each sequence
-stopped at its first stop sequence, greedy or seeded sampling, tokens per second counted.
+stopped at its first end token or stop sequence, greedy or seeded sampling, tokens per second
+counted. codeeval completes plain-text prompts (ended by the tokenizer's EOS and stop strings);
+sft_eval answers chat-rendered ones (their own encoding, ended by the end-of-turn token).
 
 Greedy output depends on the batch size and dtype (padding changes the matmul shapes; lm-eval
 PR #1992 saw 3 points of pass@1 move with it), so both are recorded with the results."""
@@ -7,8 +9,9 @@ PR #1992 saw 3 points of pass@1 move with it), so both are recorded with the res
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
@@ -22,6 +25,7 @@ class Generated:
     tokens: int  # new tokens up to each sequence's stop (what the model had to produce)
     seconds: float
     truncated_prompts: int  # prompts cut to their last tokens to fit the model's positions
+    stopped: list[bool]  # per row: ended by an end token or a stop sequence, not by the budget
 
     @property
     def tokens_per_s(self) -> float:
@@ -41,6 +45,20 @@ class _StopPerSequence(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def _end_ids(
+    model: torch.nn.Module, tok: PreTrainedTokenizerBase, eos_ids: Sequence[int] | None
+) -> list[int]:
+    """The ids that end a row: `eos_ids`, else what `generate` falls back on, the tokenizer's
+    EOS, else the model's generation_config's (one id or several)."""
+    if eos_ids is not None:
+        return list(eos_ids)
+    if tok.eos_token_id is not None:
+        return [tok.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    found = getattr(config, "eos_token_id", None)
+    return [] if found is None else [found] if isinstance(found, int) else list(found)
+
+
 @torch.no_grad()
 def complete(
     model: torch.nn.Module,
@@ -54,27 +72,42 @@ def complete(
     top_p: float,
     seed: int,
     device: torch.device,
+    encode: Callable[[str], list[int]] | None = None,
+    eos_ids: Sequence[int] | None = None,
+    limit: int | Literal["model"] | None = "model",
+    setting: str = "codeeval.max_new_tokens",
 ) -> Generated:
     """One completion per prompt, in order. temperature 0 is greedy; otherwise sampling with
-    top_p, seeded per batch so the same seed and batch size give the same samples."""
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
+    top_p, seeded per batch so the same seed and batch size give the same samples.
+
+    `encode` turns a prompt into ids (default: the tokenizer's own call, which adds what its
+    post-processor adds; chat-rendered prompts bring their own markup). `eos_ids` end a row
+    (default: the tokenizer's EOS), and its text is decoded up to the first of them. A
+    prompt is cut to its last tokens so that it and `max_new_tokens` fit `limit` positions:
+    by default the model's own, None for no cut. `setting` names the param of
+    max_new_tokens in the error."""
+    if limit == "model":
+        limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None
+        )
     if limit is not None and max_new_tokens >= limit:
         raise UserError(
-            f"codeeval.max_new_tokens: {max_new_tokens} leaves no room for a prompt in the "
+            f"{setting}: {max_new_tokens} leaves no room for a prompt in the "
             f"model's {limit} positions; set it below {limit}"
         )
+    encode = encode or (lambda p: tok(p).input_ids)
+    ends = _end_ids(model, tok, eos_ids)
     if tok.pad_token_id is None:
         raise UserError("models/trained: the tokenizer has no pad token for batched generation")
     tok.padding_side = "left"  # new tokens follow every prompt's last token directly
     model.eval()
     raw: list[str] = []
+    stopped: list[bool] = []
     n_tokens = truncated = 0
     start = time.perf_counter()
     for b in range(0, len(prompts), batch_size):
         batch = list(prompts[b : b + batch_size])
-        ids = [tok(p).input_ids for p in batch]
+        ids = [encode(p) for p in batch]
         if limit is not None:
             keep = limit - max_new_tokens
             truncated += sum(len(x) > keep for x in ids)
@@ -85,6 +118,8 @@ def complete(
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
         torch.manual_seed(seed + b)
         greedy = temperature == 0
+        # no stop strings, no criterion: it would decode every row at every new token
+        criteria = [_StopPerSequence(tok, width, stops)] if stops else []
         out = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -95,11 +130,14 @@ def complete(
             top_k=None,
             use_cache=True,
             pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([_StopPerSequence(tok, width, stops)]),
+            eos_token_id=ends or None,
+            stopping_criteria=StoppingCriteriaList(criteria),
         )
         for row in out[:, width:].tolist():
-            text = tok.decode(row, skip_special_tokens=True)
+            end = next((i for i, t in enumerate(row) if t in ends), None)
+            # an end token need not be special (a template's added end-of-turn): cut there
+            text = tok.decode(row if end is None else row[:end], skip_special_tokens=True)
             raw.append(text)
+            stopped.append(end is not None or any(s in text for s in stops))
             n_tokens += sum(t != pad for t in row)
-    return Generated(raw, n_tokens, time.perf_counter() - start, truncated)
+    return Generated(raw, n_tokens, time.perf_counter() - start, truncated, stopped)

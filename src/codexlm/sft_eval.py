@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from codexlm import chat, records
+from codexlm.generate import complete
 from codexlm.loss import rows_nll
 from codexlm.packing import Split, attention_mask, build_rows, fixed_rows
 
@@ -78,7 +79,6 @@ def held_out(prepared: Path, split: str, limit: int) -> list[dict[str, Any]]:
     return [records.loads(t) for t in (texts[:limit] if limit else texts)]
 
 
-@torch.no_grad()
 def answers(
     model: torch.nn.Module,
     tok: PreTrainedTokenizerBase,
@@ -88,45 +88,41 @@ def answers(
     device: torch.device,
 ) -> list[Answer]:
     """Greedy answers to each example's prompt: the conversation before its last trained
-    assistant turn, rendered with the template and its generation prompt."""
+    assistant turn, rendered with the template and its generation prompt, encoded as
+    training encoded it (the markup as special tokens, nothing added) and stopped at the
+    template's end-of-turn.
+
+    A prompt is cut only where the model cannot go past its positions (gpt2's absolute
+    `n_positions`), keeping its end, the generation prompt; a rotary model reads the whole
+    conversation, as the text samples of codexlm.evaluate do: cutting its start would drop
+    the system message that names the task."""
     backend, eot = chat.encoder(tok), chat.end_of_turn(tok)
-    eot_id = tok.convert_tokens_to_ids(eot)
-    pad = tok.pad_token_id
-    model.eval()
+    last = [
+        max(i for i, m in enumerate(e["messages"]) if m["role"] == "assistant") for e in examples
+    ]
+    prompts = [
+        chat.render(tok, e["messages"][:i], True) for e, i in zip(examples, last, strict=True)
+    ]
+    gen = complete(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stops=(),
+        batch_size=batch_size,
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        device=device,
+        encode=lambda p: backend.encode(p, add_special_tokens=False).ids,
+        eos_ids=[tok.convert_tokens_to_ids(eot)],
+        limit=getattr(model.config, "n_positions", None),
+        setting="evaluate.max_new_tokens",
+    )
     out: list[Answer] = []
-    for b in range(0, len(examples), batch_size):
-        batch = examples[b : b + batch_size]
-        last = [
-            max(i for i, m in enumerate(e["messages"]) if m["role"] == "assistant") for e in batch
-        ]
-        prompts = [
-            chat.render(tok, e["messages"][:i], True) for e, i in zip(batch, last, strict=True)
-        ]
-        ids = [backend.encode(p, add_special_tokens=False).ids for p in prompts]
-        width = max(map(len, ids))
-        x = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
-        gen = model.generate(
-            input_ids=x,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad,
-            eos_token_id=[eot_id],
-        )[:, width:].tolist()
-        for e, i, row in zip(batch, last, gen, strict=True):
-            stopped = eot_id in row
-            row = row[: row.index(eot_id)] if stopped else row
-            user = next(
-                (m["content"] for m in reversed(e["messages"][:i]) if m["role"] == "user"), ""
-            )
-            text = tok.decode(row, skip_special_tokens=True)
-            out.append(
-                Answer(task_of(e["messages"]), user, text, e["messages"][i]["content"], stopped)
-            )
+    for e, i, text, stopped in zip(examples, last, gen.raw, gen.stopped, strict=True):
+        user = next((m["content"] for m in reversed(e["messages"][:i]) if m["role"] == "user"), "")
+        out.append(Answer(task_of(e["messages"]), user, text, e["messages"][i]["content"], stopped))
     return out
 
 
