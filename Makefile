@@ -68,7 +68,7 @@ instruct: $(STAMP)
 # models/base is a copy: depending on models/export, the pipeline's own output, is a cycle
 SFT_PARAMS := -S data.source=data/instruct.jsonl -S data.format=messages \
   -S data.near_dup_threshold=1.0 -S model.init=models/base -S train.optimizer=adamw \
-  -S train.lr=2e-3 -S train.steps=1200 -S train.batch_size=16 -S train.warmup_steps=40 \
+  -S train.lr=2e-3 -S train.steps=800 -S train.batch_size=16 -S train.warmup_steps=40 \
   -S train.compile=false -S evaluate.max_examples=300
 sft: instruct
 	test -f models/export/config.json || { echo "run make repro first: models/export is the base"; exit 2; }
