@@ -1,6 +1,7 @@
 """Time to quality, in the style of the modded-nanogpt speedrun: candidate configurations
 trained on the pipeline's own data side by side, each for the same token budget and for the
-same wall-clock budget as the baseline (the old default), each to its schedule's end.
+same wall-clock budget as the baseline (round one: the old default; round two: params.yaml),
+each to its schedule's end.
 
 Per candidate and budget: final validation bits per byte, test bits per byte (the evaluate
 stage's exact rule, whole test split), and tokens to target: the tokens seen at the first
@@ -76,11 +77,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 # Round two (issue 30): architecture, vocabulary and context levers, each alone on top of
-# today's default (`--round 2` makes it the baseline, under every candidate's changes).
+# today's default: params.yaml as read (`--params`) is the round's baseline.
 # Depth against width keeps the blocks' matrices at ~4 x 128^2 weights (L x d^2: 6 x 104^2,
 # 2 x 184^2); context keeps the tokens a step (24 x 128). Not here: attention that stops at
 # document boundaries, which needs the loop to pass per-window position ids (train.py).
-DEFAULT = {**BETAS, "train.batch_size": 24, "train.steps": 600}  # params.yaml's
 ROUND_TWO: dict[str, dict[str, Any]] = {
     "qk-norm (qwen3)": {"model.arch": "qwen3"},
     "gqa (2 kv heads)": {"model.n_kv_head": 2},
@@ -93,7 +93,8 @@ ROUND_TWO: dict[str, dict[str, Any]] = {
     "context 64": {"model.context": 64, "train.batch_size": 48},
     "context 256": {"model.context": 256, "train.batch_size": 12},
 }
-ROUNDS = {1: ({}, CANDIDATES), 2: (DEFAULT, ROUND_TWO)}  # (baseline, candidates)
+# (the baseline: changes to params.yaml under every candidate's, the candidates)
+ROUNDS = {1: (OLD_DEFAULT, CANDIDATES), 2: ({}, ROUND_TWO)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -149,8 +150,9 @@ def parse_args() -> argparse.Namespace:
         if not (eq and key.split(".")[0] in ("tokenizer", "model", "train")):
             raise UserError(f"--common {item}: expected BLOCK.KEY=VALUE (tokenizer/model/train)")
         common[key] = yaml_value(value)
-    # the round's baseline, then --common, then the candidate's own changes
-    s.candidates = {n: {**baseline, **common, **c} for n, c in s.candidates.items()}
+    # --common, then the candidate's own changes; configure puts the round's baseline under
+    s.candidates = {n: {**common, **c} for n, c in s.candidates.items()}
+    s.baseline = baseline
     return s
 
 
@@ -165,10 +167,10 @@ def yaml_value(text: str) -> Any:
 
 
 def configure(p: Any, changes: dict[str, Any]) -> tuple[int, Any, Any]:
-    """(vocab size, model block, train block) of params with the old default and `changes`."""
+    """(vocab size, model block, train block) of params with `changes`."""
     blocks = {"model": p.model.model_dump(), "train": p.train.model_dump()}
     vocab = p.tokenizer.vocab_size
-    for key, value in {**OLD_DEFAULT, **changes}.items():
+    for key, value in changes.items():
         block, name = key.split(".")
         if block == "tokenizer":
             vocab = int(value)
@@ -335,7 +337,7 @@ def main() -> None:
     p = load_params(s.params)
     data = Data(s, p.tokenizer.vocab_size)
     print(f"speedrun: {torch.get_num_threads()} threads, torch {torch.__version__}")
-    configs = {n: configure(p, c) for n, c in s.candidates.items()}
+    configs = {n: configure(p, {**s.baseline, **c}) for n, c in s.candidates.items()}
     _, base_model, base_train = configs["baseline"]
     budget_tokens = round(base_train.steps * s.scale) * base_train.batch_size * base_model.context
     results: dict[str, dict[str, Any]] = {}

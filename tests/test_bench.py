@@ -156,8 +156,8 @@ def test_speedrun_compares_candidates_on_both_budgets(built: Path) -> None:
 
 
 def test_speedrun_round_two_baseline_is_params_yaml() -> None:
-    """Round two measures levers against today's default: its baseline, composed from the
-    old default and round one's levers, is params.yaml's model and train blocks exactly."""
+    """Round two measures levers against today's default: its baseline is params.yaml's
+    model and train blocks exactly (it once took the old default's 500 steps)."""
     sys.path.insert(0, str(ROOT / "bench"))
     import speedrun
     from common import load_params
