@@ -34,7 +34,7 @@ TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4, embed_lr_scal
 TRAIN.update(weight_decay=0.1, beta1=0.8, beta2=0.99, grad_clip=1.0, precision="auto")
 TRAIN.update(eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4, keep_checkpoints=3)
 TRAIN.update(resume="auto", final="last", max_bad_steps=3, nproc=1, strategy="ddp")
-TRAIN.update(max_stop_seconds=60.0, loss_on="answers", packing=True)
+TRAIN.update(max_stop_seconds=60.0, loss_on="answers", packing=True, doc_mask=False)
 
 
 def tokens(n: int, seed: int) -> np.ndarray:
@@ -87,8 +87,10 @@ def check_loss(device: torch.device) -> str:
 
 def check_prefetch(device: torch.device) -> str:
     """device_batches (pinned + non_blocking on CUDA) deliver exactly the host's batches."""
-    t, cfg = tokens(100_000, 3), types.SimpleNamespace(steps=5, batch_size=4, grad_accum=2)
-    got = list(device_batches(t, 0, 2, cfg, CONTEXT, Dist(0, 1, device)))
+    t = tokens(100_000, 3)
+    cfg = types.SimpleNamespace(steps=5, batch_size=4, grad_accum=2, doc_mask=False)
+    run = Run(0, CONTEXT, Path("unused"), "", Dist(0, 1, device))
+    got = list(device_batches(t, 0, 2, cfg, run))
     want = [train_batch(t, 0, s, m, 4, 2, CONTEXT) for s in range(2, 5) for m in range(2)]
     assert len(got) == len(want), f"{len(got)} batches, want {len(want)}"
     for (gx, gy), (wx, wy) in zip(got, want, strict=True):

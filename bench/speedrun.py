@@ -79,8 +79,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 # Round two (issue 30): architecture, vocabulary and context levers, each alone on top of
 # today's default: params.yaml as read (`--params`) is the round's baseline.
 # Depth against width keeps the blocks' matrices at ~4 x 128^2 weights (L x d^2: 6 x 104^2,
-# 2 x 184^2); context keeps the tokens a step (24 x 128). Not here: attention that stops at
-# document boundaries, which needs the loop to pass per-window position ids (train.py).
+# 2 x 184^2); context keeps the tokens a step (24 x 128). Document masking keeps each
+# window's attention within its documents, and test scores it so (evaluate's doc_mask).
 ROUND_TWO: dict[str, dict[str, Any]] = {
     "qk-norm (qwen3)": {"model.arch": "qwen3"},
     "gqa (2 kv heads)": {"model.n_kv_head": 2},
@@ -92,6 +92,7 @@ ROUND_TWO: dict[str, dict[str, Any]] = {
     "vocab 8192": {"tokenizer.vocab_size": 8192},
     "context 64": {"model.context": 64, "train.batch_size": 48},
     "context 256": {"model.context": 256, "train.batch_size": 12},
+    "document mask": {"train.doc_mask": True},
 }
 # (the baseline: changes to params.yaml under every candidate's, the candidates)
 ROUNDS = {1: (OLD_DEFAULT, CANDIDATES), 2: ({}, ROUND_TWO)}
@@ -260,7 +261,7 @@ def run_one(
     )
     clock = Clock()
     with tempfile.TemporaryDirectory(prefix="speedrun-ckpt-") as ckpt:
-        run = Run(p.seed, model_cfg.context, Path(ckpt), "speedrun")
+        run = Run(p.seed, model_cfg.context, Path(ckpt), "speedrun", eot_id=meta["eot_id"])
         stdout, sys.stdout = sys.stdout, sys.stderr  # the loop's prints: not the table
         try:
             train(
@@ -294,6 +295,7 @@ def run_one(
             32,
             torch.device("cpu"),
             desc="test",
+            doc_mask=cfg.doc_mask,
         )
         out.update(
             test_bpb=result.bits_per_byte,

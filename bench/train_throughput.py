@@ -41,7 +41,7 @@ VARIANTS = ["ours", "ours_compile", "hf_trainer", "hf_trainer_compile"]
 def time_ours(s: Any, tokens: np.ndarray, val: np.ndarray, compile: bool) -> dict[str, float]:
     """train() as the stage runs it (DVCLive where installed), the Timeline after the other
     callbacks: its on_log comes when logging is done (the loop syncs at log steps anyway)."""
-    total, ctx, every = s.warmup + s.steps, s.model.context, s.train.log_every
+    total, every = s.warmup + s.steps, s.train.log_every
     logs = {n for n in range(s.warmup, total) if n % every == 0}
     clock = Timeline(s.device, {s.warmup, total} | logs)
     cfg = override(s.train, steps=total, eval_every=total, checkpoint_every=total, compile=compile)
@@ -50,7 +50,7 @@ def time_ours(s: Any, tokens: np.ndarray, val: np.ndarray, compile: bool) -> dic
         live = [LiveLogger(Path(log_dir))] if dvclive else []
         run_train(build(s), (tokens, val), cfg, s.run, [*live, clock])
     started = time.perf_counter()  # the window's batches, built the loop's way, on their own
-    for _ in device_batches(tokens, s.seed, s.warmup, cfg, ctx, s.run.dist):
+    for _ in device_batches(tokens, s.seed, s.warmup, cfg, s.run):
         pass
     return {
         "seconds": clock.at("step", total) - clock.at("step", s.warmup),

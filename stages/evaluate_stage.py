@@ -54,6 +54,7 @@ def main() -> None:
             device,
             e.max_tokens,
             desc=f"evaluate {split}",
+            doc_mask=p.train.doc_mask,  # scored as it was trained
         )
         for split in ("test", "val")
     }

@@ -38,7 +38,7 @@ def main() -> None:
     blocks = p.model.model_dump(), p.lora.model_dump(), p.train.model_dump()
     resumes_across = params.not_fingerprinted(params.Train)
     fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model), resumes_across)
-    run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, log_dir=REPORTS)
+    run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, REPORTS, meta["eot_id"])
     if examples:  # instruction data: whole examples, cut to the context (codexlm.packing)
         splits = [
             prepare_split(

@@ -28,7 +28,7 @@ cfg = SimpleNamespace(
     weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="fp32",
     compile=sys.argv[1] == "compile", compile_mode="default", eval_every=6, eval_batches=1,
     log_every=3, checkpoint_every=6, keep_checkpoints=1, resume="never", final="last",
-    max_bad_steps=3, strategy="ddp", max_stop_seconds=60.0)
+    max_bad_steps=3, strategy="ddp", max_stop_seconds=60.0, doc_mask=False)
 with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):
     T.train(model, tokens, tokens[:20_000], cfg, T.Run(0, 64, Path(d), "det"))
 digest = hashlib.sha256()

@@ -32,7 +32,9 @@ from transformers import PreTrainedTokenizerBase
 
 from codexlm.data import load_tokens, sequential_batches
 from codexlm.errors import MachineFault, UserError, is_out_of_memory
+from codexlm.loss import attn_implementation
 from codexlm.metrics import bits_per_byte
+from codexlm.packing import attention_mask, document_rows
 
 # The byte each document is followed by in the evaluated text (what the end-of-text token
 # codes). NUL, because prepare drops every document that contains one (as binary): the byte
@@ -141,11 +143,23 @@ def documents_within(ends: np.ndarray, max_tokens: int) -> int:
 
 @torch.no_grad()
 def forward(
-    model: torch.nn.Module, x: torch.Tensor, batch_size: int, context: int, device: torch.device
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    context: int,
+    device: torch.device,
+    eot: int | None = None,
 ) -> torch.Tensor:
-    """The model's fp32 logits of a batch; memory exhausted is one line naming what to lower."""
+    """The model's fp32 logits of a batch (with `eot`, each window's attention kept within
+    its documents, as `train.doc_mask` trains); memory exhausted is one line naming what to
+    lower."""
+    kw = {}
+    if eot is not None:
+        positions, segments = document_rows(x, eot)
+        mask = attention_mask(segments, attn_implementation(model), torch.float32)
+        kw = dict(position_ids=positions, attention_mask=mask)
     try:
-        return model(input_ids=x).logits.float()
+        return model(input_ids=x, **kw).logits.float()
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(e):
             raise
@@ -170,9 +184,11 @@ def evaluate_split(
     device: torch.device,
     max_tokens: int = 0,
     desc: str = "evaluate",
+    doc_mask: bool = False,
 ) -> SplitResult:
     """Score every token of the split's documents (or of the first whole documents whose
-    tokens fit in max_tokens) given the ones before it, in consecutive context windows."""
+    tokens fit in max_tokens) given the ones before it, in consecutive context windows;
+    with `doc_mask`, given the ones before it in its own document and window."""
     eot = json.loads((token_dir / "meta.json").read_text())["eot_id"]
     tokens = load_tokens(token_dir, split)
     texts = prepared / f"{split}.parquet"
@@ -197,7 +213,7 @@ def evaluate_split(
         batches, total=math.ceil(math.ceil(len(scored) / context) / batch_size), desc=desc
     ):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
-        logits = forward(model, x, batch_size, context, device)
+        logits = forward(model, x, batch_size, context, device, eot if doc_mask else None)
         per_tok = F.cross_entropy(logits.transpose(1, 2), y, reduction="none") * mask
         n_correct += int(((logits.argmax(-1) == y) & mask).sum())
         pos_nll += per_tok.sum(0).double().cpu()

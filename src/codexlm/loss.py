@@ -13,7 +13,9 @@ windows are built that way (codexlm.data), so no position ever scores its own in
 Instruction rows (codexlm.packing) add position ids, segments (the block-diagonal mask) and
 the step's target count: their loss is the summed NLL of this micro-batch's targets (labels
 other than -100) divided by the targets of the whole step, every micro-batch and rank, so
-that the step's gradient is that of Σ NLL / Σ targets however the step is split.
+that the step's gradient is that of Σ NLL / Σ targets however the step is split. Text
+windows whose attention stops at document bounds (`train.doc_mask`) add position ids and
+segments without a divisor: every token is a target, and the loss stays their mean.
 """
 
 from __future__ import annotations
@@ -133,11 +135,15 @@ class CausalLMLoss(torch.nn.Module):
         segments: torch.Tensor | None = None,
         denom: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        if segments is not None:
+        if denom is not None:
             return self._rows(x, y, positions, segments, denom)
+        kw: dict[str, Any] = dict(input_ids=x, use_cache=False)
+        if segments is not None:  # text windows kept within their documents
+            mask = attention_mask(segments, attn_implementation(self.model), torch.float32)
+            kw.update(position_ids=positions, attention_mask=mask)
         if not self.chunked:
-            return lm_loss(self.model(input_ids=x, use_cache=False).logits, y)
-        hidden = self.trunk(input_ids=x, use_cache=False).last_hidden_state
+            return lm_loss(self.model(**kw).logits, y)
+        hidden = self.trunk(**kw).last_hidden_state
         return linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, y.flatten(), self.chunk)
 
     def _rows(
@@ -146,12 +152,11 @@ class CausalLMLoss(torch.nn.Module):
         y: torch.Tensor,
         positions: torch.Tensor | None,
         segments: torch.Tensor,
-        denom: torch.Tensor | float | None,
+        denom: torch.Tensor | float,
     ) -> torch.Tensor:
         """Σ NLL of the targets / denom (the step's targets), attention within each example."""
         mask = attention_mask(segments, attn_implementation(self.model), torch.float32)
         kw = dict(input_ids=x, position_ids=positions, attention_mask=mask, use_cache=False)
-        denom = 1.0 if denom is None else denom
         if not self.chunked:
             return rows_nll(self.model(**kw).logits, y) / denom
         hidden = self.trunk(**kw).last_hidden_state.flatten(0, 1)

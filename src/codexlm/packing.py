@@ -147,6 +147,23 @@ def attention_mask(
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
+def document_rows(inputs: torch.Tensor, eot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids and segments of text windows whose attention stops at document bounds.
+
+    A window at a random offset of the token stream holds the end of one document, its
+    end-of-text id, the next document, and so on. Each end-of-text id starts a segment (it is
+    the only context of its document's first token, as evaluation gives the split's first
+    document), and the position ids restart at 0 there; the tokens before the window's first
+    end-of-text are segment 0. With `attention_mask(segments, ...)` no token attends to
+    another document's."""
+    t = inputs.shape[1]
+    is_eot = inputs == eot
+    segments = is_eot.long().cumsum(1)
+    index = torch.arange(t, device=inputs.device).expand_as(inputs)
+    starts = torch.where(is_eot, index, torch.zeros_like(index)).cummax(1).values
+    return index - starts, segments
+
+
 @dataclass
 class Schedule:
     """The rows of every epoch of a split (computed when first needed), in draw order."""

@@ -337,6 +337,10 @@ class Train(_Block):
     # several to a window (attention kept within each) or one to a padded row
     loss_on: Literal["answers", "all"]
     packing: bool
+    # text data: each window's attention stops at every end-of-text (position ids restart
+    # there), in training, validation and evaluate's scoring alike; instruction rows keep
+    # attention within each example anyway
+    doc_mask: bool
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod

@@ -42,7 +42,7 @@ from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
 from codexlm.optim import MuonAdamW, build_optimizer, lr_at, set_lr, state_bytes
-from codexlm.packing import Schedule, Split, build_rows, fixed_rows, step_rows
+from codexlm.packing import Schedule, Split, build_rows, document_rows, fixed_rows, step_rows
 from codexlm.parallel import Dist, weights_finite
 from codexlm.schedule import interval_seconds
 
@@ -82,6 +82,7 @@ class TrainArgs(Protocol):
     strategy: str
     loss_on: str  # answers | all: instruction data's targets (codexlm.examples)
     packing: bool  # instruction data: several examples per window, or one per padded row
+    doc_mask: bool  # text: attention stops at each end-of-text (codexlm.packing.document_rows)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Run:
     # the training log, kept in every checkpoint and restored with it: DVC deletes the train
     # stage's report folder before it reruns the stage (a cached output, as its run-cache needs)
     log_dir: Path | None = None
+    eot_id: int | None = None  # the end-of-text id: text windows' document bounds (doc_mask)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -141,16 +143,26 @@ def row_batch(rows_of: Schedule, step: int, micro: int, cfg: TrainArgs, d: Dist)
     return r.inputs, r.labels, r.positions, r.segments, torch.tensor(targets / d.world)
 
 
+def masked_text(batch: tuple[torch.Tensor, torch.Tensor], eot: int | None) -> tuple:
+    """Text windows with their document bounds: inputs, targets, position ids, segments (every
+    token a target, so the loss stays each micro-batch's mean over its tokens)."""
+    if eot is None:
+        raise ValueError("train.doc_mask needs Run.eot_id, the end-of-text id")
+    return (*batch, *document_rows(batch[0], eot))
+
+
 def device_batches(
-    tokens: np.ndarray | Split, seed: int, start: int, cfg: TrainArgs, context: int, d: Dist
+    tokens: np.ndarray | Split, seed: int, start: int, cfg: TrainArgs, run: Run
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """This rank's micro-batches of steps start..steps-1, in order, one ahead of the loop.
 
     Each batch is a pure function of (seed, step, micro-step, rank), so prefetching changes
     nothing a resume could see. On CUDA the next batch goes through pinned memory with an
     asynchronous copy, queued before the current one's kernels are waited on. Instruction
-    data (a packing.Split) gives rows of whole examples (`row_batch`).
+    data (a packing.Split) gives rows of whole examples (`row_batch`); text under
+    `doc_mask` adds each window's document bounds (`masked_text`).
     """
+    d, context = run.dist, run.context
     rows_of = Schedule(tokens, seed, cfg.packing) if isinstance(tokens, Split) else None
 
     def fetch(step: int, micro: int) -> tuple[torch.Tensor, ...]:
@@ -160,6 +172,8 @@ def device_batches(
             batch = train_batch(
                 tokens, seed, step, micro, cfg.batch_size, cfg.grad_accum, context, d.rank, d.world
             )
+            if cfg.doc_mask:
+                batch = masked_text(batch, run.eot_id)
         if d.device.type != "cuda":
             return batch
         return tuple(t.pin_memory().to(d.device, non_blocking=True) for t in batch)
@@ -177,19 +191,20 @@ def device_batches(
 def validation_loss(
     loss_fn: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None
 ) -> float:
-    """Token-weighted mean loss over the fixed validation batches (instruction rows: Σ NLL
-    of the targets / Σ targets)."""
+    """Token-weighted mean loss over the fixed validation batches (instruction rows, which
+    carry a divisor: Σ NLL of the targets / Σ targets)."""
     was_training = loss_fn.training
     loss_fn.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     count = 0
     for batch in batches:
-        x, y, *rows = (t.to(device) for t in batch)
+        x, y, *rest = (t.to(device) for t in batch)
+        rows = len(rest) == 3  # position ids, segments and a divisor of 1: a sum
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             if rows:
-                total += loss_fn(x, y, *rows).double()  # a sum: no divisor
+                total += loss_fn(x, y, *rest).double()
             else:
-                total += loss_fn(x, y).double() * y.numel()
+                total += loss_fn(x, y, *rest).double() * y.numel()
         count += int((y != -100).sum()) if rows else y.numel()
     loss_fn.train(was_training)
     return float(total) / count
@@ -385,9 +400,10 @@ def train_step(
     for micro in range(cfg.grad_accum):
         batch = next(batches)
         # text windows: each micro-batch's mean over its tokens, averaged over the micro-
-        # batches (all hold as many tokens); instruction rows: each micro-batch's Σ NLL over
-        # the step's Σ targets already (codexlm.loss), so the micro-batches add up
-        parts_of_step = cfg.grad_accum if len(batch) == 2 else 1
+        # batches (all hold as many tokens); instruction rows (the only batches with a
+        # divisor): each micro-batch's Σ NLL over the step's Σ targets already
+        # (codexlm.loss), so the micro-batches add up
+        parts_of_step = cfg.grad_accum if len(batch) < 5 else 1
         # DDP and FSDP reduce gradients on the last micro-step only
         with parallel.grad_sync(parts.fwd, parts.mode, d.world, micro == cfg.grad_accum - 1):
             with torch.autocast(
@@ -615,15 +631,18 @@ def train(
 
 
 def validation_batches(
-    tokens: np.ndarray | Split, seed: int, n: int, batch_size: int, context: int
+    tokens: np.ndarray | Split, n: int, cfg: TrainArgs, run: Run
 ) -> list[tuple[torch.Tensor, ...]]:
-    """The fixed validation batches: text windows, or the val split's first rows of examples."""
+    """The fixed validation batches: text windows (with their document bounds under
+    doc_mask), or the val split's first rows of examples (with a divisor of 1: their loss is
+    a sum)."""
     if not isinstance(tokens, Split):
-        return eval_batches(tokens, seed, n, batch_size, context)
+        windows = eval_batches(tokens, run.seed, n, cfg.batch_size, run.context)
+        return [masked_text(w, run.eot_id) for w in windows] if cfg.doc_mask else windows
     out = []
-    for rows in fixed_rows(tokens, n, batch_size):
+    for rows in fixed_rows(tokens, n, cfg.batch_size):
         r = build_rows(tokens, rows)
-        out.append((r.inputs, r.labels, r.positions, r.segments))
+        out.append((r.inputs, r.labels, r.positions, r.segments, torch.tensor(1.0)))
     return out
 
 
@@ -641,7 +660,7 @@ def run_steps(
     d = run.dist
     # cfg.eval_batches global batches of windows, the same set whatever the process count
     n_val = cfg.eval_batches * cfg.grad_accum * d.world
-    val_data = validation_batches(val_tokens, run.seed, n_val, cfg.batch_size, run.context)
+    val_data = validation_batches(val_tokens, n_val, cfg, run)
 
     def validate(step: int) -> None:
         loop.val_loss = validation_loss(parts.evaluator, val_data, d.device, parts.amp)
@@ -652,7 +671,7 @@ def run_steps(
         validate(0)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * run.context
     rate = Rate(loop.tokens_seen, model_flops_per_token(parts.raw, run.context), device_name(d))
-    batches = device_batches(train_tokens, run.seed, loop.step, cfg, run.context, d)
+    batches = device_batches(train_tokens, run.seed, loop.step, cfg, run)
     stop = StopFlag(cfg.max_stop_seconds, policy.root)
     last_saved = time.monotonic()
     restore_determinism = deterministic_kernels(d.device)  # around the loop: it compiles
