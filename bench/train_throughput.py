@@ -1,7 +1,10 @@
 """Training throughput: our loop against `transformers.Trainer`, eager and compiled, with the
 same initial weights, random tokens, batch, precision, fused AdamW, clipping, schedule and
 compile mode, timed from the end of step --warmup to the end of step --warmup + --steps (on
-CUDA after a synchronize). --checkpoints: what a checkpoint costs our loop instead."""
+CUDA after a synchronize). The Trainer steps its own fused AdamW, as a user of it would;
+hf_trainer_ours* give it our optimizer and schedule instead (train.optimizer: Muon for the
+hidden matrices by default), so that the two loops do the same arithmetic a step.
+--checkpoints: what a checkpoint costs our loop instead."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from codexlm.errors import run_stage
 from codexlm.live import LiveLogger
 from codexlm.metrics import mfu
 from codexlm.model import ModelArgs, build_model, count_params
+from codexlm.optim import build_optimizer, lr_at, set_lr
 from codexlm.parallel import Dist
 from codexlm.train import Run, autocast_dtype, device_batches, model_flops_per_token
 
@@ -36,6 +40,7 @@ except ImportError:  # the GPU image: logging time is the system metrics' alone
 
 PRESETS = {f"{arch}-124m": arch for arch in ("gpt2", "llama")}  # GPT-2 small's size
 VARIANTS = ["ours", "ours_compile", "hf_trainer", "hf_trainer_compile"]
+VARIANTS += ["hf_trainer_ours_opt", "hf_trainer_ours_opt_compile"]
 
 
 def time_ours(s: Any, tokens: np.ndarray, val: np.ndarray, compile: bool) -> dict[str, float]:
@@ -59,8 +64,27 @@ def time_ours(s: Any, tokens: np.ndarray, val: np.ndarray, compile: bool) -> dic
     }
 
 
-def time_hf(s: Any, tokens: np.ndarray, compile: bool) -> dict[str, float]:
-    """transformers.Trainer.train(); a TrainerCallback marks the end of each step."""
+class OurSchedule:
+    """codexlm's lr schedule (optim.lr_at) as the Trainer steps a scheduler."""
+
+    def __init__(self, opt: Any, cfg: Any) -> None:
+        self.opt, self.cfg, self.n = opt, cfg, 0
+        set_lr(opt, lr_at(0, cfg))
+
+    def step(self) -> None:
+        self.n += 1
+        set_lr(self.opt, lr_at(self.n, self.cfg))
+
+    def get_last_lr(self) -> list[float]:
+        return [lr_at(self.n, self.cfg)]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"n": self.n}
+
+
+def time_hf(s: Any, tokens: np.ndarray, compile: bool, ours_opt: bool) -> dict[str, float]:
+    """transformers.Trainer.train(); a TrainerCallback marks the end of each step. With
+    `ours_opt`, the Trainer steps our optimizer and schedule (`optimizers=`)."""
     total, t, ctx = s.warmup + s.steps, s.train, s.model.context
     clock = Timeline(s.device, {s.warmup, total})
 
@@ -83,7 +107,11 @@ def time_hf(s: Any, tokens: np.ndarray, compile: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as out:
         args = TrainingArguments(out, per_device_train_batch_size=t.batch_size, **hp)
         data = [{"input_ids": w, "labels": w} for w in windows]
-        trainer = Trainer(model=build(s), args=args, train_dataset=data, callbacks=[Marks()])
+        model = build(s)
+        opt = build_optimizer(model, t) if ours_opt else None
+        both = (opt, OurSchedule(opt, t)) if ours_opt else (None, None)
+        kw = dict(args=args, train_dataset=data, callbacks=[Marks()], optimizers=both)
+        trainer = Trainer(model=model, **kw)
         with contextlib.redirect_stdout(sys.stderr):
             trainer.train()
     return {"seconds": clock.at("step", total) - clock.at("step", s.warmup)}
@@ -101,7 +129,7 @@ def time_variant(name: str, s: Any, tokens: np.ndarray, val: np.ndarray) -> dict
     try:
         if name.startswith("ours"):
             return time_ours(s, tokens, val, compile)
-        return time_hf(s, tokens, compile)
+        return time_hf(s, tokens, compile, ours_opt="_ours_opt" in name)
     except errors as e:
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
     finally:
@@ -202,11 +230,19 @@ def report(s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: 
         print(f"{n:<20}{tps:>12,.0f}{r['ms_per_step']:>10.1f}{pcts}")
     ok = {n: r["tokens_per_s"] for n, r in rows.items() if "tokens_per_s" in r}
     ours = max((n for n in ok if n.startswith("ours")), key=ok.get, default=None)
-    hf = max((n for n in ok if n.startswith("hf")), key=ok.get, default=None)
+    hf = max((n for n in ok if n in ("hf_trainer", "hf_trainer_compile")), key=ok.get, default=None)
+    same = max((n for n in ok if "_ours_opt" in n), key=ok.get, default=None)
     ratio = ok[ours] / ok[hf] if ours and hf else None
     print(f"ratio: {ratio and round(ratio, 3)} (ours = {ours}, hf = {hf}, the fastest of each)")
+    same_ratio = ok[ours] / ok[same] if ours and same else None
+    if same:
+        print(
+            f"ratio, the Trainer stepping our optimizer ({s.train.optimizer}): "
+            f"{same_ratio and round(same_ratio, 3)} (ours = {ours}, hf = {same})"
+        )
     pcts = {k: rows.get(ours, {}).get(k) for k in ("data_overhead_pct", "log_overhead_pct")}
     summary = {"ours_tokens_per_s": ok.get(ours), "hf_tokens_per_s": ok.get(hf), "ratio": ratio}
+    summary.update(hf_ours_opt_tokens_per_s=ok.get(same), ratio_same_optimizer=same_ratio)
     return {**summary, **pcts, "variants": rows}
 
 

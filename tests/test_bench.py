@@ -62,6 +62,12 @@ def test_throughput_bench_reports_a_ratio(image_env: Path) -> None:
     )
     assert 0 <= summary["data_overhead_pct"] < 100
     assert summary["variants"]["ours"]["log_includes_dvclive"] is False
+    # the Trainer stepping our optimizer (Muon + AdamW): a ratio of its own
+    assert summary["hf_ours_opt_tokens_per_s"] > 0
+    assert summary["ratio_same_optimizer"] == pytest.approx(
+        summary["ours_tokens_per_s"] / summary["hf_ours_opt_tokens_per_s"], rel=1e-2
+    )
+    assert "ratio, the Trainer stepping our optimizer (muon)" in proc.stdout
 
 
 def test_throughput_bench_runs_a_subset(image_env: Path) -> None:
