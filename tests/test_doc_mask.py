@@ -3,6 +3,7 @@ validation and evaluate's scoring alike."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_the_training_loss_is_the_mean_over_documents_scored_alone() -> None:
     nll = []
     for row, target in zip(x, y, strict=True):
         bounds = [0, *(torch.nonzero(row == EOT).flatten().tolist()), CONTEXT]
-        for a, b in zip(bounds, bounds[1:], strict=False):
+        for a, b in itertools.pairwise(bounds):
             if b > a:
                 logits = model(input_ids=row[None, a:b]).logits[0]
                 nll.append(torch.nn.functional.cross_entropy(logits, target[a:b], reduction="none"))
@@ -68,6 +69,14 @@ def test_the_training_loss_is_the_mean_over_documents_scored_alone() -> None:
     assert abs(unmasked.item() - loss.item()) > 1e-4
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+class Validations:
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_validate(self, step: int, loss: float) -> None:
+        self.losses.append(loss)
 
 
 def test_train_uses_document_bounds_when_asked(tmp_path: Path) -> None:
@@ -86,14 +95,9 @@ def test_train_uses_document_bounds_when_asked(tmp_path: Path) -> None:
         assert len(batch) == (4 if mask else 2)
         if mask:
             assert torch.equal(batch[2], document_rows(batch[0], EOT)[0])
-        model, seen = tiny(), []
-
-        class Val:
-            def on_validate(self, step: int, loss: float) -> None:
-                seen.append(loss)
-
-        T.train(model.train(), tokens, tokens[:4000], cfg, run, [Val()])
-        out[mask] = seen, torch.cat([p.detach().flatten() for p in model.parameters()])
+        model, val = tiny(), Validations()
+        T.train(model.train(), tokens, tokens[:4000], cfg, run, [val])
+        out[mask] = val.losses, torch.cat([p.detach().flatten() for p in model.parameters()])
     assert out[True][0][0] != pytest.approx(out[False][0][0], rel=1e-4)
     assert not torch.allclose(out[True][1], out[False][1])
 
