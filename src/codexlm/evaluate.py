@@ -32,9 +32,9 @@ from transformers import PreTrainedTokenizerBase
 
 from codexlm.data import load_tokens, sequential_batches
 from codexlm.errors import MachineFault, UserError, is_out_of_memory
-from codexlm.loss import attn_implementation
+from codexlm.loss import model_inputs
 from codexlm.metrics import bits_per_byte
-from codexlm.packing import attention_mask, document_rows
+from codexlm.packing import document_rows
 
 # The byte each document is followed by in the evaluated text (what the end-of-text token
 # codes). NUL, because prepare drops every document that contains one (as binary): the byte
@@ -153,13 +153,9 @@ def forward(
     """The model's fp32 logits of a batch (with `eot`, each window's attention kept within
     its documents, as `train.doc_mask` trains); memory exhausted is one line naming what to
     lower."""
-    kw = {}
-    if eot is not None:
-        positions, segments = document_rows(x, eot)
-        mask = attention_mask(segments, attn_implementation(model), torch.float32)
-        kw = dict(position_ids=positions, attention_mask=mask)
+    bounds = document_rows(x, eot) if eot is not None else ()
     try:
-        return model(input_ids=x, **kw).logits.float()
+        return model(**model_inputs(model, x, *bounds)).logits.float()
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(e):
             raise

@@ -137,10 +137,7 @@ class CausalLMLoss(torch.nn.Module):
     ) -> torch.Tensor:
         if denom is not None:
             return self._rows(x, y, positions, segments, denom)
-        kw: dict[str, Any] = dict(input_ids=x, use_cache=False)
-        if segments is not None:  # text windows kept within their documents
-            mask = attention_mask(segments, attn_implementation(self.model), torch.float32)
-            kw.update(position_ids=positions, attention_mask=mask)
+        kw = model_inputs(self.model, x, positions, segments)  # segments: doc_mask windows
         if not self.chunked:
             return lm_loss(self.model(**kw).logits, y)
         hidden = self.trunk(**kw).last_hidden_state
@@ -155,8 +152,7 @@ class CausalLMLoss(torch.nn.Module):
         denom: torch.Tensor | float,
     ) -> torch.Tensor:
         """Σ NLL of the targets / denom (the step's targets), attention within each example."""
-        mask = attention_mask(segments, attn_implementation(self.model), torch.float32)
-        kw = dict(input_ids=x, position_ids=positions, attention_mask=mask, use_cache=False)
+        kw = model_inputs(self.model, x, positions, segments)
         if not self.chunked:
             return rows_nll(self.model(**kw).logits, y) / denom
         hidden = self.trunk(**kw).last_hidden_state.flatten(0, 1)
@@ -164,6 +160,21 @@ class CausalLMLoss(torch.nn.Module):
         n = keep.sum()
         mean = linear_cross_entropy(hidden[keep], self.head.weight, y.flatten()[keep], self.chunk)
         return mean * n / denom
+
+
+def model_inputs(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The model's keywords for a batch; with segments, each token's attention kept within
+    its own segment (packed examples, or documents under doc_mask) and `positions` its ids."""
+    kw: dict[str, Any] = dict(input_ids=x, use_cache=False)
+    if segments is not None:
+        mask = attention_mask(segments, attn_implementation(model), torch.float32)
+        kw.update(position_ids=positions, attention_mask=mask)
+    return kw
 
 
 def rows_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
