@@ -12,6 +12,7 @@ The machine line says what the figures are of: on a CPU without native bf16 (AVX
 bf16 matmuls are emulated and the bf16 rows are 20-100x the fp32 ones.
 
     .venv/bin/python bench/optimizer_step.py            # the default model, ~2 min on 2 cores
+    .venv/bin/python bench/optimizer_step.py --profile 12  # ... and where a step's time goes
     TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-avx2 ATEN_CPU_CAPABILITY=avx2 \
         ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         .venv/bin/python bench/optimizer_step.py
@@ -59,12 +60,35 @@ def median_ms(fn: Callable[[], object], warmup: int, steps: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def profile(fn: Callable[[], object], steps: int, top: int) -> dict[str, float]:
+    """The `top` ops and kernels by their own CPU time, ms a call of `fn` (printed too)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    costs = {e.key: e.self_cpu_time_total / 1000 / steps for e in events[:top]}
+    print(f"the {top} costliest ops and kernels of forward+backward+clip, own ms a step:")
+    for name, ms in costs.items():
+        print(f"  {ms:8.2f}  {name}")
+    return costs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--steps", type=int, default=20, help="timed steps (after 5 warm-up)")
     ap.add_argument("--vocab", type=int, default=0, help="0: tokenizer.vocab_size")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then the N costliest ops and compiled kernels of the forward + backward + clip, "
+        "ms a step (torch.profiler)",
+    )
     s = ap.parse_args()
+    # inductor's kernels show in the profile by name only when compiled to record themselves
+    torch._inductor.config.cpp.enable_kernel_profile = s.profile > 0
     p = load_params(s.params)
     vocab = s.vocab or p.tokenizer.vocab_size
     batch, context = p.train.batch_size, p.model.context
@@ -141,6 +165,8 @@ def main() -> None:
         f"{ns['stacked_ms']:.1f} ms, fp32 {ns['stacked_fp32_ms']:.1f} ms"
     )
     summary = {"forward_backward_ms": forward_backward, "optimizer_ms": optimizer}
+    if s.profile:
+        summary["profile_ms"] = profile(backward, s.steps, s.profile)
     summary |= {"newton_schulz_dtype": str(chosen), "machine": machine.describe()}
     print(json.dumps({**summary, "step_ratio": step_ratio, "newton_schulz": ns}))
     sys.stdout.flush()

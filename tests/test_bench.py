@@ -113,9 +113,14 @@ def test_optimizer_step_times_the_optimizers_and_both_iterations(tmp_path: Path)
     write_params(tmp_path, p)
     cmd = [sys.executable, "bench/optimizer_step.py", "--params", str(tmp_path / "params.yaml")]
     summary = json.loads(
-        run([*cmd, "--vocab", "256", "--steps", "2"], cwd=ROOT).stdout.splitlines()[-1]
+        run(
+            [*cmd, "--vocab", "256", "--steps", "2", "--profile", "40"], cwd=ROOT
+        ).stdout.splitlines()[-1]
     )
     assert summary["forward_backward_ms"] > 0
+    # the profile names inductor's compiled kernels, with their time
+    kernels = {k: ms for k, ms in summary["profile_ms"].items() if "cpp_fused" in k}
+    assert kernels and all(ms > 0 for ms in kernels.values())
     assert set(summary["optimizer_ms"]) == {"adamw", "muon", "torch muon"}
     ns = summary["newton_schulz"]
     # q, k, v, o, gate, up, down per layer; square and (transposed) 3x-wide: two stacks
