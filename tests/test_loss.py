@@ -6,7 +6,13 @@ import pytest
 import torch
 from conftest import model_args
 
-from codexlm.loss import CausalLMLoss, chunk_tokens, linear_cross_entropy, split_head
+from codexlm.loss import (
+    CausalLMLoss,
+    chunk_budget,
+    chunk_tokens,
+    linear_cross_entropy,
+    split_head,
+)
 from codexlm.metrics import lm_loss
 from codexlm.model import apply_lora, build_model
 
@@ -116,6 +122,15 @@ def test_chunk_size_bounds_the_logits() -> None:
     assert chunk_tokens(50304) % 128 == 0
     assert chunk_tokens(4096) == 16384
     assert chunk_tokens(10**9) == 128  # never below one matmul tile
+
+
+def test_a_cpu_chunks_the_logits_to_fit_its_cache() -> None:
+    # the CPU default (24 x 128 tokens, vocab 4096) runs in three chunks, a GPU in one
+    cpu, gpu = chunk_budget(torch.device("cpu")), chunk_budget(torch.device("cuda"))
+    assert chunk_tokens(4096, cpu) == 1024 and chunk_tokens(4096, gpu) == 16384
+    assert chunk_tokens(50304, cpu) == 128
+    model = build_model(model_args(d_model=32, n_head=2, context=16), 4096, 0, 0, seed=1)
+    assert CausalLMLoss(model).chunk == 1024  # the module picks its weight's device's budget
 
 
 def test_direct_function_matches_cross_entropy() -> None:

@@ -28,16 +28,26 @@ import torch.nn.functional as F
 from codexlm.metrics import lm_loss
 from codexlm.packing import IGNORE, attention_mask
 
-# Logits per chunk: 2**26 fp32 values are 256 MB. At vocab 4096 that is 16k tokens, so the
-# CPU default (4096 tokens a micro-batch) runs in one chunk; at 50k it is 1280 tokens.
-CHUNK_ELEMENTS = 2**26
+# Logits per chunk, in fp32 values. On a GPU 2**26 (256 MB): at vocab 50k that is 1280 tokens.
+# On a CPU 2**22 (16 MB), so that a chunk's logits stay in the last-level cache between the
+# head's matmul that writes them and the softmax that reads them back: at the CPU default
+# (3072 tokens a micro-batch, vocab 4096) three chunks of 1024 take the loss's forward +
+# backward 59 ms against 71 ms as one chunk of 3072 (an AMD EPYC, natively and as AVX2;
+# bench/RESULTS.md). The chunking only reorders sums: the same arithmetic up to rounding.
+CHUNK_ELEMENTS = {"cuda": 2**26, "cpu": 2**22}
+
+
+def chunk_budget(device: torch.device) -> int:
+    """The logits a chunk may hold on `device` (other accelerators: the GPU's)."""
+    return CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"])
+
 
 # Model types whose causal-LM forward is exactly `lm_head(trunk(x))`: no logit scaling or
 # soft-capping that computing the head here would skip. Others use the full logits.
 PLAIN_HEAD_TYPES = frozenset({"llama", "gpt2", "mistral", "qwen2", "qwen3"})
 
 
-def chunk_tokens(vocab: int, budget: int = CHUNK_ELEMENTS) -> int:
+def chunk_tokens(vocab: int, budget: int = CHUNK_ELEMENTS["cuda"]) -> int:
     """Tokens per chunk: within `budget` logits, a multiple of 128 rows for the matmul."""
     return max(128, budget // vocab // 128 * 128)
 
@@ -129,7 +139,8 @@ class CausalLMLoss(torch.nn.Module):
         self.chunked = parts is not None
         if parts is not None:
             self.trunk, self.head = parts
-            self.chunk = chunk_tokens(self.head.weight.shape[0])
+            weight = self.head.weight
+            self.chunk = chunk_tokens(weight.shape[0], chunk_budget(weight.device))
 
     def forward(
         self,
