@@ -13,6 +13,7 @@ bf16 matmuls are emulated and the bf16 rows are 20-100x the fp32 ones.
 
     .venv/bin/python bench/optimizer_step.py            # the default model, ~2 min on 2 cores
     .venv/bin/python bench/optimizer_step.py --profile 12  # ... and where a step's time goes
+    .venv/bin/python bench/optimizer_step.py --chunks 3072  # ... and the loss in other chunks
     TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-avx2 ATEN_CPU_CAPABILITY=avx2 \
         ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         .venv/bin/python bench/optimizer_step.py
@@ -60,6 +61,24 @@ def median_ms(fn: Callable[[], object], warmup: int, steps: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def interleaved_ms(
+    fns: dict[int, Callable[[], object]], rounds: int, calls: int
+) -> dict[int, float]:
+    """The median ms a call of each of `fns`, timed in turns (`calls` a turn) so that the
+    machine's drift, which is larger than the differences measured, falls on all alike."""
+    for fn in fns.values():  # warm-up, compiling included
+        for _ in range(3):
+            fn()
+    times: dict[int, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[k].append((time.perf_counter() - started) / calls)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
 def profile(fn: Callable[[], object], steps: int, top: int) -> dict[str, float]:
     """The `top` ops and kernels by their own CPU time, ms a call of `fn` (printed too)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -86,6 +105,14 @@ def main() -> None:
         help="then the N costliest ops and compiled kernels of the forward + backward + clip, "
         "ms a step (torch.profiler)",
     )
+    ap.add_argument(
+        "--chunks",
+        type=lambda v: [int(c) for c in v.split(",")],
+        default=[],
+        metavar="N,...",
+        help="then forward+backward+clip with the loss in chunks of N tokens, beside the "
+        "default's chunk (codexlm.loss.chunk_budget), in interleaved rounds",
+    )
     s = ap.parse_args()
     # inductor's kernels show in the profile by name only when compiled to record themselves
     torch._inductor.config.cpp.enable_kernel_profile = s.profile > 0
@@ -98,13 +125,21 @@ def main() -> None:
     chosen = newton_schulz_dtype(torch.device("cpu"))
     print(f"optimizer_step: batch {batch} x {context}; newton-schulz on this device in {chosen}")
     model = build_model(p.model, vocab, 0, 0, p.seed)
-    loss_fn = torch.compile(CausalLMLoss(model))
     params = [q for q in model.parameters() if q.requires_grad]
 
-    def backward() -> None:
-        model.zero_grad(set_to_none=True)
-        loss_fn(x, x).backward()
-        torch.nn.utils.clip_grad_norm_(params, p.train.grad_clip)
+    def with_chunk(chunk: int | None) -> Callable[[], None]:
+        plain = CausalLMLoss(model)
+        plain.chunk = chunk or plain.chunk
+        loss_fn = torch.compile(plain)
+
+        def backward() -> None:
+            model.zero_grad(set_to_none=True)
+            loss_fn(x, x).backward()
+            torch.nn.utils.clip_grad_norm_(params, p.train.grad_clip)
+
+        return backward
+
+    backward = with_chunk(None)
 
     # the same forward and backward whichever optimizer steps: timed once
     forward_backward = median_ms(backward, 5, s.steps)
@@ -167,6 +202,13 @@ def main() -> None:
     summary = {"forward_backward_ms": forward_backward, "optimizer_ms": optimizer}
     if s.profile:
         summary["profile_ms"] = profile(backward, s.steps, s.profile)
+    if s.chunks:
+        default = CausalLMLoss(model).chunk
+        chunks = {c: with_chunk(c) for c in dict.fromkeys([default, *s.chunks])}
+        summary["chunk_ms"] = interleaved_ms(chunks, 6, 4)
+        print("forward+backward+clip by the loss's chunk, tokens (interleaved rounds):")
+        for c, ms in summary["chunk_ms"].items():
+            print(f"  {c:>6}  {ms:.1f} ms{'  (the default)' if c == default else ''}")
     summary |= {"newton_schulz_dtype": str(chosen), "machine": machine.describe()}
     print(json.dumps({**summary, "step_ratio": step_ratio, "newton_schulz": ns}))
     sys.stdout.flush()

@@ -114,7 +114,7 @@ def test_optimizer_step_times_the_optimizers_and_both_iterations(tmp_path: Path)
     cmd = [sys.executable, "bench/optimizer_step.py", "--params", str(tmp_path / "params.yaml")]
     summary = json.loads(
         run(
-            [*cmd, "--vocab", "256", "--steps", "2", "--profile", "40"], cwd=ROOT
+            [*cmd, "--vocab", "256", "--steps", "2", "--profile", "40", "--chunks", "64"], cwd=ROOT
         ).stdout.splitlines()[-1]
     )
     assert summary["forward_backward_ms"] > 0
@@ -122,6 +122,9 @@ def test_optimizer_step_times_the_optimizers_and_both_iterations(tmp_path: Path)
     kernels = {k: ms for k, ms in summary["profile_ms"].items() if "cpp_fused" in k}
     assert kernels and all(ms > 0 for ms in kernels.values())
     assert set(summary["optimizer_ms"]) == {"adamw", "muon", "torch muon"}
+    # the CPU's chunk (2**22 logits at vocab 256: more than the batch's 64 tokens), and 64
+    assert {int(c) for c in summary["chunk_ms"]} == {16384, 64}
+    assert all(ms > 0 for ms in summary["chunk_ms"].values())
     ns = summary["newton_schulz"]
     # q, k, v, o, gate, up, down per layer; square and (transposed) 3x-wide: two stacks
     assert ns["matrices"] == 7 * p["model"]["n_layer"] and ns["shapes"] == 2
