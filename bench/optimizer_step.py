@@ -37,7 +37,7 @@ from torch.optim._muon import _zeropower_via_newtonschulz
 
 from codexlm import machine
 from codexlm.errors import run_stage
-from codexlm.loss import CausalLMLoss
+from codexlm.loss import CausalLMLoss, chunk_budget, chunk_tokens
 from codexlm.model import build_model
 from codexlm.optim import (
     NS_COEFFICIENTS,
@@ -203,7 +203,7 @@ def main() -> None:
     if s.profile:
         summary["profile_ms"] = profile(backward, s.steps, s.profile)
     if s.chunks:
-        default = CausalLMLoss(model).chunk
+        default = chunk_tokens(vocab, chunk_budget(torch.device("cpu")))
         chunks = {c: with_chunk(c) for c in dict.fromkeys([default, *s.chunks])}
         summary["chunk_ms"] = interleaved_ms(chunks, 6, 4)
         print("forward+backward+clip by the loss's chunk, tokens (interleaved rounds):")
