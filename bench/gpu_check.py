@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from common import Timeline, override, run_train
 
-from codexlm import checkpoint_files
-from codexlm.data import train_batch
+from codexlm.batches import train_batch
+from codexlm.checkpoint import files as checkpoint_files
 from codexlm.loss import linear_cross_entropy
 from codexlm.metrics import lm_loss, mfu
 from codexlm.model import build_model

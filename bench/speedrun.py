@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from common import REPO, load_params, override
 
-from codexlm.data import load_tokens
+from codexlm.batches import load_tokens
 from codexlm.errors import UserError, run_stage
 from codexlm.evaluate import evaluate_split
 from codexlm.model import build_model

@@ -14,8 +14,10 @@ from collections import defaultdict
 
 import torch
 
-from codexlm import codeeval, params, provenance, sandbox
+from codexlm import params, provenance
 from codexlm.atomic import write_json
+from codexlm.codeeval import sandbox
+from codexlm.codeeval import scoring as codeeval
 from codexlm.errors import run_stage
 from codexlm.generate import complete
 from codexlm.model import load_trained

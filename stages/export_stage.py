@@ -11,10 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 from codexlm import params, provenance
-from codexlm.card import pipeline_card
 from codexlm.errors import run_stage
-from codexlm.export import ParityError, check_gguf, export
-from codexlm.gguf_export import file_name as gguf_file_name
+from codexlm.export.card import pipeline_card
+from codexlm.export.gguf import file_name as gguf_file_name
+from codexlm.export.hf import ParityError, check_gguf, export
 
 NAME = "codexlm"
 TRAINED = Path("models/trained")

@@ -13,9 +13,9 @@ import json
 import torch
 
 from codexlm import parallel, params, provenance
+from codexlm.batches import check_splits, load_tokens
 from codexlm.callbacks import ProgressBar
-from codexlm.checkpoint_policy import run_fingerprint
-from codexlm.data import check_splits, load_tokens
+from codexlm.checkpoint.policy import run_fingerprint
 from codexlm.errors import UserError, run_stage
 from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout

@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from codexlm import params
 from codexlm import train as train_mod
 from codexlm.errors import UserError
-from codexlm.export import check_gguf, export
-from codexlm.gguf_export import ARCHS as GGUF_ARCHS
-from codexlm.gguf_export import arch_unsupported
+from codexlm.export.gguf import ARCHS as GGUF_ARCHS
+from codexlm.export.gguf import arch_unsupported
+from codexlm.export.hf import check_gguf, export
 from codexlm.model import apply_lora, build_model, check_arch, save_model
 from codexlm.tokenizer import save_tokenizer, train_bpe
 

@@ -11,7 +11,7 @@ import yaml
 from conftest import default_params
 from huggingface_hub import ModelCard
 
-from codexlm.card import PROVENANCE, lineage, model_card, pipeline_card
+from codexlm.export.card import PROVENANCE, lineage, model_card, pipeline_card
 
 METRICS = {
     "test": {"bits_per_byte": 1.7394082, "perplexity": 62.28, "loss": 4.13, "accuracy": 0.27},

@@ -17,9 +17,10 @@ import torch
 from conftest import model_args, train_args
 from safetensors.torch import load_file
 
-from codexlm import checkpoint_files, checkpoint_policy
 from codexlm import loss as loss_mod
 from codexlm import train as train_mod
+from codexlm.checkpoint import files as checkpoint_files
+from codexlm.checkpoint import policy as checkpoint_policy
 from codexlm.hashing import file_sha256
 from codexlm.live import LiveLogger
 from codexlm.model import build_model

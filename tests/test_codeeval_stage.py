@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import ROOT, copy_repo, default_params, model_args, run
 
-from codexlm import codeeval, params
+from codexlm import params
+from codexlm.codeeval import scoring as codeeval
 from codexlm.errors import UserError
 from codexlm.generate import complete
 from codexlm.model import build_model, save_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from codexlm.data import eval_batches, load_tokens, sequential_batches, train_batch
+from codexlm.batches import eval_batches, load_tokens, sequential_batches, train_batch
 
 CONTEXT = 16
 

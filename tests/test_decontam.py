@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from codexlm import decontam
+from codexlm.codeeval import decontam
+from codexlm.codeeval.problems import load_problems
 from codexlm.corpus import prepare
-from codexlm.problems import load_problems
 
 ARGS = dict(
     include=["**/*.py"],

@@ -14,7 +14,8 @@ import yaml
 from conftest import ROOT, run, run_script, tiny_params
 from safetensors.torch import load_file
 
-from codexlm import checkpoint_files, checkpoint_policy
+from codexlm.checkpoint import files as checkpoint_files
+from codexlm.checkpoint import policy as checkpoint_policy
 from codexlm.packing import Schedule, load_examples, prepare_split
 
 

@@ -19,8 +19,8 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from codexlm import export as export_mod
-from codexlm.gguf_export import TOLERANCE, load_gguf
+from codexlm.export import hf as export_mod
+from codexlm.export.gguf import TOLERANCE, load_gguf
 from codexlm.model import load_trained
 from codexlm.tokenizer import EOT, PORTABLE_CONFIG
 

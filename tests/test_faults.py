@@ -19,7 +19,9 @@ import torch
 from conftest import train_args
 from test_checkpoint import TRAIN, assert_identical, reference, run_train, tokens, weights
 
-from codexlm import checkpoint_files, checkpoint_policy, corpus
+from codexlm import corpus
+from codexlm.checkpoint import files as checkpoint_files
+from codexlm.checkpoint import policy as checkpoint_policy
 from codexlm.errors import MachineFault
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from transformers import AutoTokenizer
 
 from codexlm import params
 from codexlm.errors import UserError
-from codexlm.export import check_gguf
-from codexlm.gguf_export import TOLERANCE, load_gguf, unsupported, write_gguf
+from codexlm.export.gguf import TOLERANCE, load_gguf, unsupported, write_gguf
+from codexlm.export.hf import check_gguf
 from codexlm.model import build_model
 from codexlm.tokenizer import save_tokenizer, train_bpe
 

@@ -87,10 +87,10 @@ def test_each_change_reruns_the_stages_that_use_it(finished: Path) -> None:
     model.write_text(model.read_text() + "# edited\n")
     assert changed_stages(repo) == {"train", "evaluate", "export", "codeeval"}
     run(["git", "checkout", "--", "src/codexlm/model.py"], repo)
-    card = repo / "src/codexlm/card.py"  # the export's alone
+    card = repo / "src/codexlm/export/card.py"  # the export's alone
     card.write_text(card.read_text() + "# edited\n")
     assert changed_stages(repo) == {"export"}
-    run(["git", "checkout", "--", "src/codexlm/card.py"], repo)
+    run(["git", "checkout", "--", "src/codexlm/export/card.py"], repo)
     assert changed_stages(repo) == set()
 
     # a pin changed in requirements.lock reaches versions.yaml through `make install`

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from codexlm.data import train_batch
+from codexlm.batches import train_batch
 from codexlm.metrics import (
     PEAK_BF16_FLOPS,
     bits_per_byte,

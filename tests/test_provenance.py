@@ -15,7 +15,9 @@ import torch
 import yaml
 from conftest import ROOT, model_args
 
-from codexlm import checkpoint_files, checkpoint_policy, corpus, provenance
+from codexlm import corpus, provenance
+from codexlm.checkpoint import files as checkpoint_files
+from codexlm.checkpoint import policy as checkpoint_policy
 from codexlm.errors import UserError
 from codexlm.model import build_model, uses_dropout
 
@@ -155,7 +157,7 @@ def test_environment_check_refuses_other_versions(tmp_path: Path) -> None:
 
 def test_code_digest_covers_the_loaded_modules(tmp_path: Path, monkeypatch) -> None:
     loaded = provenance.loaded_code()
-    assert {"codexlm.provenance", "codexlm.checkpoint_files", "codexlm.model"} <= set(loaded)
+    assert {"codexlm.provenance", "codexlm.checkpoint.files", "codexlm.model"} <= set(loaded)
     before = provenance.code_digest()
     # the same module over other contents (a comment appended): another digest
     copy = tmp_path / "provenance.py"

@@ -21,7 +21,8 @@ import pytest
 from conftest import ROOT, default_params
 from pydantic import BaseModel
 
-from codexlm import checkpoint_policy, params
+from codexlm import params
+from codexlm.checkpoint import policy as checkpoint_policy
 from codexlm.model import LoraArgs, ModelArgs
 from codexlm.optim import OptimArgs
 from codexlm.train import TrainArgs

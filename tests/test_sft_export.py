@@ -16,7 +16,8 @@ from huggingface_hub import ModelCard
 from test_export import JINJA2, TOKENIZERS_4, TRANSFORMERS_4, venv_with
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, pipeline
 
-from codexlm import chat, export, sft_eval, tokenizer
+from codexlm import chat, sft_eval, tokenizer
+from codexlm.export import hf as export
 from codexlm.model import save_model
 
 MESSAGES = [

@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, run_script, tiny_params
 from transformers import AutoTokenizer
 
-import codexlm.export
+import codexlm.export.hf
 import codexlm.train  # noqa: F401
 
 NAMES = [f"helper_{i}" for i in range(40)]

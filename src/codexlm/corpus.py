@@ -42,8 +42,8 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from codexlm.atomic import write_json, write_text
-from codexlm.decontam import N as NGRAM
-from codexlm.decontam import contaminated
+from codexlm.codeeval.decontam import N as NGRAM
+from codexlm.codeeval.decontam import contaminated
 from codexlm.errors import MachineFault, UserError
 from codexlm.hashing import contents_sha256, text_sha256
 from codexlm.params import TABLE_EXTS, is_archive

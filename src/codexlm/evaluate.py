@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from codexlm.data import load_tokens, sequential_batches
+from codexlm.batches import load_tokens, sequential_batches
 from codexlm.errors import MachineFault, UserError, is_out_of_memory
 from codexlm.loss import model_inputs
 from codexlm.metrics import bits_per_byte

@@ -8,7 +8,7 @@ cross-entropy does, and its logits are dropped at once; the backward only scales
 Only one chunk of logits exists at any time.
 
 Targets are already shifted (`targets[:, t]` is the token after `inputs[:, t]`): the data
-windows are built that way (codexlm.data), so no position ever scores its own input.
+windows are built that way (codexlm.batches), so no position ever scores its own input.
 
 Instruction rows (codexlm.packing) add position ids, segments (the block-diagonal mask) and
 the step's target count: their loss is the summed NLL of this micro-batch's targets (labels

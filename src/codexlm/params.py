@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError, safe_open
 
 from codexlm.errors import UserError
-from codexlm.schedule import interval_seconds
+from codexlm.intervals import interval_seconds
 
 PARAMS_FILE = "params.yaml"
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")  # the table formats prepare reads
@@ -96,7 +96,7 @@ class Data(_Block):
     # estimated Jaccard similarity (character 5-grams) from which two documents are near
     # duplicates and go to the same split; 1 groups only (near-)identical signatures
     near_dup_threshold: float = Field(gt=0, le=1)
-    # drop documents sharing a 13-word sequence with these problems (codexlm.decontam)
+    # drop documents sharing a 13-word sequence with these problems (codexlm.codeeval.decontam)
     decontaminate: Literal["humaneval", "none"]
 
     @model_validator(mode="after")

@@ -32,19 +32,21 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from codexlm import checkpoint_files, checkpoint_policy, parallel, provenance
+from codexlm import parallel, provenance
+from codexlm.batches import eval_batches, train_batch
 from codexlm.callbacks import Start, emit
-from codexlm.checkpoint_files import Checkpoint
-from codexlm.data import eval_batches, train_batch
+from codexlm.checkpoint import files as checkpoint_files
+from codexlm.checkpoint import policy as checkpoint_policy
+from codexlm.checkpoint.files import Checkpoint
 from codexlm.errors import MachineFault, is_out_of_memory
 from codexlm.hashing import fingerprint
+from codexlm.intervals import interval_seconds
 from codexlm.loss import CausalLMLoss
 from codexlm.metrics import flops_per_token, mfu
 from codexlm.model import count_params
 from codexlm.optim import MuonAdamW, build_optimizer, lr_at, set_lr, state_bytes
 from codexlm.packing import Schedule, Split, build_rows, document_rows, fixed_rows, step_rows
 from codexlm.parallel import Dist, weights_finite
-from codexlm.schedule import interval_seconds
 
 
 class TrainArgs(Protocol):
@@ -72,7 +74,7 @@ class TrainArgs(Protocol):
     eval_every: int
     eval_batches: int
     log_every: int
-    checkpoint_every: int | str  # steps, or a time interval ("30m": codexlm.schedule)
+    checkpoint_every: int | str  # steps, or a time interval ("30m": codexlm.intervals)
     keep_checkpoints: int
     max_stop_seconds: float
     resume: str

@@ -18,11 +18,11 @@ from transformers import (
 from codexlm import chat
 from codexlm.atomic import replace_dir
 from codexlm.errors import UserError
-from codexlm.gguf_export import TOLERANCE as GGUF_TOLERANCE
-from codexlm.gguf_export import GGUFError, load_gguf, write_gguf
-from codexlm.gguf_export import arch_unsupported as gguf_arch_unsupported
-from codexlm.gguf_export import file_name as gguf_file_name
-from codexlm.gguf_export import unsupported as gguf_unsupported
+from codexlm.export.gguf import TOLERANCE as GGUF_TOLERANCE
+from codexlm.export.gguf import GGUFError, load_gguf, write_gguf
+from codexlm.export.gguf import arch_unsupported as gguf_arch_unsupported
+from codexlm.export.gguf import file_name as gguf_file_name
+from codexlm.export.gguf import unsupported as gguf_unsupported
 from codexlm.model import load_trained
 from codexlm.tokenizer import save_tokenizer
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 
-from codexlm.problems import load_problems
+from codexlm.codeeval.problems import load_problems
 
 N = 13
 _WORD = re.compile(r"\w+")

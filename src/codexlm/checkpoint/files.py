@@ -1,5 +1,5 @@
 """The checkpoint file format: atomic write, verification and read of the whole training
-state. It decides nothing: `codexlm.checkpoint_policy` chooses what to resume, when to write
+state. It decides nothing: `codexlm.checkpoint.policy` chooses what to resume, when to write
 and what to keep, and calls `write`, `verify`, `read` and `complete` here.
 
 A checkpoint is a folder `step-00000200/` holding the trainable weights (safetensors), the

@@ -1,5 +1,5 @@
 """The checkpoint policy of a training run: which checkpoint it resumes, when it saves, what
-it keeps, which weights are final. `codexlm.checkpoint_files` writes, verifies and reads the
+it keeps, which weights are final. `codexlm.checkpoint.files` writes, verifies and reads the
 files; this module decides, and says what it removes and why.
 
 The loop calls `restore` once, then at each step `scheduled` and, when it is (or the run
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from codexlm import checkpoint_files as files
 from codexlm import parallel
 from codexlm.atomic import replace_dir
-from codexlm.checkpoint_files import Checkpoint, CheckpointError
+from codexlm.checkpoint import files
+from codexlm.checkpoint.files import Checkpoint, CheckpointError
 from codexlm.errors import MachineFault, free_bytes
 from codexlm.hashing import fingerprint, folder_sha256
 from codexlm.parallel import Dist

@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from codexlm import sandbox
 from codexlm.atomic import write_text
+from codexlm.codeeval import sandbox
+from codexlm.codeeval.problems import HUMANEVAL, Problem, load_problems
 from codexlm.errors import UserError
-from codexlm.problems import HUMANEVAL, Problem, load_problems
 
 # Codex paper §3.3; applied to the completion only (the prompt itself holds "\ndef" and such)
 CODEX_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
