@@ -97,3 +97,29 @@ def run_train(model: torch.nn.Module, tokens: tuple, cfg: Any, run: Run, callbac
         run = dataclasses.replace(run, ckpt_dir=run.ckpt_dir or Path(tmp))
         with contextlib.redirect_stdout(sys.stderr):
             return train(model, *tokens, cfg, run, callbacks)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
+    """The machine's own matmul FLOP/s, measured: the fastest of repeated n x n @ n x n
+    products in `dtype`, with the threads the loops use (`torch.get_num_threads()`), for at
+    least `seconds` after a warm-up. The fastest, as timeit keeps: a shared machine's noise
+    only slows a product down. A model's FLOP/s over this is its utilisation of the machine."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    for _ in range(3):
+        once()
+    best, until = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        best = min(best, once())
+    return 2 * n**3 / best

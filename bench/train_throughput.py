@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import REPO, Timeline, load_params, override, random_tokens, run_train
+from common import REPO, Timeline, load_params, matmul_peak, override, random_tokens, run_train
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from codexlm import machine
@@ -209,9 +209,14 @@ def parse_args() -> argparse.Namespace:
     return s
 
 
-def report(s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: str) -> dict:
-    """Prints the table; returns each variant's figures and the ratio of the fastest of each."""
-    print(f"{'variant':<20}{'tokens/s':>12}{'ms/step':>10}{'mfu %':>8}{'data %':>8}{'log %':>8}")
+def report(
+    s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: str, peak: float
+) -> dict:
+    """Prints the table; returns each variant's figures and the ratio of the fastest of each.
+    `mfu %` is against the datasheet's peak (GPUs only), `peak %` against the matmul peak
+    measured in this run (`peak`, FLOP/s): on a CPU, the only peak there is."""
+    head = f"{'variant':<20}{'tokens/s':>12}{'ms/step':>10}{'GFLOP/s':>10}{'peak %':>8}"
+    print(f"{head}{'mfu %':>8}{'data %':>8}{'log %':>8}")
     rows: dict[str, Any] = {}
     for n, b in best.items():
         if isinstance(b, str):
@@ -220,6 +225,8 @@ def report(s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: 
             continue
         tps = s.steps * s.train.batch_size * s.model.context / b["seconds"]
         r = rows[n] = {"tokens_per_s": tps, "ms_per_step": 1000 * b["seconds"] / s.steps}
+        r["model_flops_per_s"] = tps * flops_tok
+        r["peak_utilisation"] = tps * flops_tok / peak
         r["mfu"] = mfu(tps, flops_tok, name) if s.device.type == "cuda" else None
         if "data_s" in b:
             r["data_overhead_pct"] = 100 * b["data_s"] / b["seconds"]
@@ -227,7 +234,8 @@ def report(s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: 
             r["log_includes_dvclive"] = dvclive is not None
         pcts = [r["mfu"] and 100 * r["mfu"], r.get("data_overhead_pct"), r.get("log_overhead_pct")]
         pcts = "".join(f"{'-':>8}" if c is None else f"{c:>8.2f}" for c in pcts)
-        print(f"{n:<20}{tps:>12,.0f}{r['ms_per_step']:>10.1f}{pcts}")
+        gf, used = r["model_flops_per_s"] / 1e9, 100 * r["peak_utilisation"]
+        print(f"{n:<20}{tps:>12,.0f}{r['ms_per_step']:>10.1f}{gf:>10.1f}{used:>8.1f}{pcts}")
     ok = {n: r["tokens_per_s"] for n, r in rows.items() if "tokens_per_s" in r}
     ours = max((n for n in ok if n.startswith("ours")), key=ok.get, default=None)
     hf = max((n for n in ok if n in ("hf_trainer", "hf_trainer_compile")), key=ok.get, default=None)
@@ -243,7 +251,9 @@ def report(s: argparse.Namespace, best: dict[str, Any], flops_tok: float, name: 
     pcts = {k: rows.get(ours, {}).get(k) for k in ("data_overhead_pct", "log_overhead_pct")}
     summary = {"ours_tokens_per_s": ok.get(ours), "hf_tokens_per_s": ok.get(hf), "ratio": ratio}
     summary.update(hf_ours_opt_tokens_per_s=ok.get(same), ratio_same_optimizer=same_ratio)
-    return {**summary, **pcts, "variants": rows}
+    pairs = (("ours", ours), ("hf", hf))
+    used = {f"{k}_peak_utilisation": rows[v]["peak_utilisation"] for k, v in pairs if v}
+    return {**summary, **pcts, **used, "matmul_peak_flops": peak, "variants": rows}
 
 
 def main() -> None:
@@ -271,6 +281,13 @@ def main() -> None:
         f"best of {s.rounds} rounds in alternating order; compile mode {s.compile_mode}; "
         f"ours logs every {t.log_every} steps ({'DVCLive + ' * bool(dvclive)}system metrics)"
     )
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    size = 8192 if cuda else 2048  # large enough to reach the machine's peak, not its memory
+    peak = matmul_peak(s.device, dtype, size)
+    print(
+        f"measured matmul peak: {peak / 1e9:,.1f} GFLOP/s ({size} x {size} @ {size} x {size}, "
+        f"{str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, fastest of 1 s)"
+    )
     # Rounds alternate the order (the first to run pays for cold caches); each variant keeps
     # its fastest round, as timeit does: noise on a shared machine only slows a run down.
     best: dict[str, Any] = {}
@@ -280,7 +297,7 @@ def main() -> None:
                 got = time_variant(n, s, tokens, val)
                 if n not in best or isinstance(got, str) or got["seconds"] < best[n]["seconds"]:
                     best[n] = got
-    summary = report(s, {n: best[n] for n in s.names}, flops_tok, name)
+    summary = report(s, {n: best[n] for n in s.names}, flops_tok, name, peak)
     model = {**vars(m), "vocab": s.vocab, "params": n_params}
     setup = dict(batch_size=t.batch_size, precision="bf16" if bf16 else "fp32", model=model)
     where = {"device": s.device.type, "device_name": name, "machine": machine.describe()}

@@ -68,6 +68,19 @@ def test_throughput_bench_reports_a_ratio(image_env: Path) -> None:
         summary["ours_tokens_per_s"] / summary["hf_ours_opt_tokens_per_s"], rel=1e-2
     )
     assert "ratio, the Trainer stepping our optimizer (muon)" in proc.stdout
+    # utilisation against the matmul peak measured in the same run, for both loops
+    peak = summary["matmul_peak_flops"]
+    assert peak > 0 and "measured matmul peak" in proc.stdout
+    for loop, variant in (("ours", "ours"), ("hf", "hf_trainer")):
+        row = summary["variants"][variant]
+        assert row["model_flops_per_s"] == pytest.approx(row["tokens_per_s"] * flops(summary))
+        assert summary[f"{loop}_peak_utilisation"] == pytest.approx(row["model_flops_per_s"] / peak)
+
+
+def flops(summary: dict) -> float:
+    """Training FLOPs per token of the bench's model, from its summary (PaLM appendix B)."""
+    m = summary["model"]
+    return 6 * m["params"] + 12 * m["n_layer"] * m["d_model"] * m["context"]
 
 
 def test_throughput_bench_runs_a_subset(image_env: Path) -> None:
