@@ -23,7 +23,9 @@ or its arguments, that the code returned: an exit status or printed text cannot 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import marshal
 import os
 import secrets
 import shutil
@@ -77,26 +79,28 @@ INSTALL_HINT = (
 #   reported as passed, with a nonce. The program can forge this one (docs/codeeval.md).
 # - script: exec the source (the probe).
 RUNNER = r"""
-import json, os, resource, sys
+import marshal, os, resource, sys
 from collections.abc import Iterator
+from _json import encode_basestring_ascii as _str
 def _main():
     os.write(int(sys.argv[1]), b"R")
     os.close(int(sys.argv[1]))
     report_fd = int(sys.argv[2])
-    for name, value in json.loads(sys.argv[3]).items():
+    for name, value in marshal.loads(bytes.fromhex(sys.argv[3])).items():
         soft, hard = resource.getrlimit(getattr(resource, name))
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(getattr(resource, name), (value, value))
-    job = json.loads(sys.stdin.buffer.read())
+    job = marshal.loads(sys.stdin.buffer.read())
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     def report(obj):
-        os.write(report_fd, (json.dumps(obj) + "\n").encode())
+        os.write(report_fd, (_json(obj) + "\n").encode())
     try:
         code = compile(job["source"], "solution.py", "exec")
     except (SyntaxError, ValueError) as e:
-        report({"status": "syntax_error", "nonce": job.get("nonce"), "detail": f"{type(e).__name__}: {e}"[:300]})
+        why = f"{type(e).__name__}: {e}"[:300]
+        report({"status": "syntax_error", "nonce": job.get("nonce"), "detail": why})
         return
     if job["mode"] == "script":
         sys.argv = ["probe", *job["argv"]]
@@ -126,7 +130,8 @@ def _main():
         try:
             report({"i": i, "value": _enc(value, 0)})
         except (ValueError, RecursionError, OverflowError) as e:
-            report({"i": i, "value": {"unplain": f"value that does not encode ({type(e).__name__})"}})
+            why = f"value that does not encode ({type(e).__name__})"
+            report({"i": i, "value": {"unplain": why}})
     os._exit(0)
 def _enc(v, depth):
     t = type(v)
@@ -143,6 +148,22 @@ def _enc(v, depth):
     if isinstance(v, Iterator):
         return {"iter": [_enc(x, depth + 1) for x in v]}
     return {"unplain": t.__name__}
+def _json(v):
+    # JSON without importing json (its import costs more than the rest of the start-up)
+    t = type(v)
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is float:
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(repr(v), repr(v))
+    if t is str:
+        return _str(v)
+    if t is list:
+        return "[" + ",".join(map(_json, v)) + "]"
+    return "{" + ",".join(_str(k) + ":" + _json(x) for k, x in v.items()) + "}"
 def _dec(v):
     if v is None or type(v) in (bool, int, float, str):
         return v
@@ -180,7 +201,11 @@ try:
     out["unix_connected"] = True
 except OSError:
     out["unix_connected"] = False
-for key, path in (("host_write", os.path.join(host_dir, marker)), ("tmp_write", "/tmp/" + marker), ("dev_write", "/dev/" + marker)):
+for key, path in (
+    ("host_write", os.path.join(host_dir, marker)),
+    ("tmp_write", "/tmp/" + marker),
+    ("dev_write", "/dev/" + marker),
+):
     try:
         with open(path, "w") as f:
             f.write("x")
@@ -292,7 +317,7 @@ def _drop_uid(tools: dict[str, str]) -> list[str]:
 
 def _rlimits(limits: Limits) -> str:
     """The limits the runner sets on itself before the program exists (no preexec_fn)."""
-    return json.dumps(
+    return marshal.dumps(
         {
             "RLIMIT_AS": limits.memory_mb << 20,
             "RLIMIT_CPU": int(limits.timeout_s) + 1,  # the wall clock kills first
@@ -301,12 +326,15 @@ def _rlimits(limits: Limits) -> str:
             "RLIMIT_NOFILE": limits.open_files,
             "RLIMIT_CORE": 0,
         }
-    )
+    ).hex()
 
 
 def interpreter_files(python: str) -> tuple[str, ...]:
-    """The host files the interpreter needs: itself, its standard library folder, the shared
-    libraries it and the stdlib's extension modules link (by `ldd`), the loader's cache."""
+    """The host paths the interpreter needs: itself, its standard library folder, the folders
+    of the shared libraries it and the stdlib's extension modules link (by `ldd`: on Debian
+    /usr/lib/x86_64-linux-gnu and /usr/lib64, the system's own libraries), the loader's cache.
+    Folders rather than each library: every bind is a mount the namespace sets up and tears
+    down, and 30 of them doubled a sample's start-up."""
     real = os.path.realpath(python)
     try:
         stdlib = subprocess.run(
@@ -316,15 +344,16 @@ def interpreter_files(python: str) -> tuple[str, ...]:
     except (OSError, subprocess.SubprocessError) as e:
         raise UserError(f"sandbox: cannot run {python}: {e}") from None
     objects = [real, *map(str, Path(stdlib, "lib-dynload").glob("*.so"))]
-    libs: set[str] = set()
+    folders: set[str] = set()
     ldd = _which("ldd")
     if ldd:
         out = subprocess.run([ldd, *objects], capture_output=True, text=True, env={}).stdout
         for line in out.split("\n"):
             for word in line.split():
                 if word.startswith("/") and os.path.exists(word):
-                    libs.add(word)
-    files = [real, stdlib, *sorted(libs)]
+                    folders.add(os.path.realpath(os.path.dirname(word)))
+    folders -= {os.path.realpath(stdlib), os.path.realpath(Path(stdlib, "lib-dynload"))}
+    files = [real, stdlib, *sorted(folders)]
     if os.path.exists("/etc/ld.so.cache"):
         files.append("/etc/ld.so.cache")
     return tuple(files)
@@ -334,12 +363,7 @@ def _bwrap(sb: Sandbox, inner: list[str]) -> list[str]:
     """bubblewrap showing only the interpreter's files, an empty private /tmp and working
     directory, /proc of its own PID namespace and a read-only /dev of five devices with a
     capped /dev/shm: not the repository, not /home or /root, not the host's sockets."""
-    binds = []
-    for path in sb.binds:
-        # a library named through a symlink (libz.so.1 -> libz.so.1.2.13) is bound at the name
-        # the loader asks for, in the folder it really lives in (/lib is a symlink to usr/lib)
-        dest = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-        binds += ["--ro-bind", path, dest]
+    binds = [a for path in sb.binds for a in ("--ro-bind", path, path)]
     links = []
     for top in ("/bin", "/lib", "/lib64", "/sbin"):
         if os.path.islink(top):
@@ -443,7 +467,7 @@ def _oom(group: Path | None) -> bool:
     if (group / "memory.failcnt").exists():
         return int((group / "memory.failcnt").read_text() or 0) > 0
     events = (group / "memory.events").read_text().split()
-    return any(k == "oom_kill" and int(v) > 0 for k, v in zip(events, events[1:]))
+    return any(k == "oom_kill" and int(v) > 0 for k, v in itertools.pairwise(events))
 
 
 # ---- running one interpreter -----------------------------------------------------------------
@@ -457,19 +481,20 @@ def run(sb: Sandbox, limits: Limits, job: dict) -> Run:
     work.chmod(0o755)
     if os.geteuid() == 0 and sb.backend != "bwrap":
         os.chown(work, NOBODY, NOBODY)  # the weaker levels run in a host folder
-    stdin = tempfile.TemporaryFile()
-    stdin.write(json.dumps(job).encode())
-    stdin.seek(0)
-    # stdout+stderr and the report go to files we opened and unlinked: RLIMIT_FSIZE caps them
-    # (the write fails with EFBIG), and nothing the program does can reach them by name
-    with stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as report:
+    # the job, stdout+stderr and the report go through files we opened and unlinked:
+    # RLIMIT_FSIZE caps what the program writes (EFBIG), and nothing reaches them by name
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as report:  # fmt: skip
+        stdin.write(marshal.dumps(job))
+        stdin.seek(0)
+        fds = (ready_w, report.fileno())
         try:
             with _cgroup(sb.cgroup, limits) as group:
-                cmd = _command(sb, limits, (ready_w, report.fileno()))
+                cmd = _command(sb, limits, fds)
                 if group is not None:  # join the cgroup before anything forks: a shell does
                     cmd = [sb.tools["sh"], "-c", 'echo $$ > "$0" && exec "$@"',
                            str(group / "cgroup.procs"), *cmd]  # fmt: skip
-                code, elapsed = _spawn(sb, limits, cmd, work, stdin, out, (ready_w, report.fileno()))
+                code, elapsed = _spawn(sb, limits, cmd, work, stdin, out, fds)
                 oom = _oom(group)
         finally:
             os.close(ready_w)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,6 +33,7 @@ CONTROLS = ("    import os\n    os._exit(0)\nimport os\nos._exit(0)\n", "\nraise
 # Completions that fail every HumanEval problem (0/164, tests/test_codeeval.py): also run first
 # when the problem set is HumanEval's
 HUMANEVAL_NEGATIVES = ("", "    pass\n", "    return None\n")
+DEFAULT_LIMITS = sandbox.Limits()
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def pass_at_k_table(counts: dict[str, tuple[int, int]], ks: Iterable[int]) -> di
 def make_judge(
     problems: Sequence[Problem],
     sb: sandbox.Sandbox,
-    limits: sandbox.Limits = sandbox.Limits(),
+    limits: sandbox.Limits = DEFAULT_LIMITS,
     workers: int = 2,
     humaneval: bool = False,
 ) -> Judge:
@@ -207,8 +208,8 @@ def _verdict(cases: Cases, run: sandbox.Run, limits: sandbox.Limits) -> tuple[st
         i = rec.get("i")
         if type(i) is int and 0 <= i < len(cases.calls) and i not in values:
             values[i] = _value(rec)
-    held = cases.checks and verdict(cases, [values.get(i, _MISSING) for i in range(len(cases.calls))])
-    n_held = sum(held) if held else 0
+    held = verdict(cases, [values.get(i, _MISSING) for i in range(len(cases.calls))])
+    n_held = sum(held)
     early = sandbox.ended(run, limits)
     if early:
         return early.status, early.detail, n_held
@@ -217,16 +218,24 @@ def _verdict(cases: Cases, run: sandbox.Run, limits: sandbox.Limits) -> tuple[st
     if first and "load" in first and not values:
         return "failed", f"the module raised {str(first['load'])[:80]} before the tests", 0
     if len(values) < len(cases.calls):
-        return "no_report", (
-            f"{sandbox.exit_words(run.code or 0)} after {len(values)} of {len(cases.calls)} "
-            f"calls: {run.tail.strip()[-200:]}"
-        ), n_held
+        return (
+            "no_report",
+            (
+                f"{sandbox.exit_words(run.code or 0)} after {len(values)} of {len(cases.calls)} "
+                f"calls: {run.tail.strip()[-200:]}"
+            ),
+            n_held,
+        )
     if n_held == len(cases.checks):
         return "passed", "", n_held
     k = held.index(False)
     got = {f"_v{i}": values[i] for i in cases.checks[k].calls}
-    return "failed", f"assert {k + 1} of {len(held)} failed: {cases.checks[k].expr[:200]} with " + \
-        ", ".join(f"{name} = {_show(v)}" for name, v in got.items()), n_held
+    return (
+        "failed",
+        f"assert {k + 1} of {len(held)} failed: {cases.checks[k].expr[:200]} with "
+        + ", ".join(f"{name} = {_show(v)}" for name, v in got.items()),
+        n_held,
+    )
 
 
 class _Missing(Exception):
@@ -294,6 +303,42 @@ def summarize(results: Sequence[Result], ks: Iterable[int]) -> dict[str, float]:
     return pass_at_k_table({t: (n, c) for t, (n, c) in counts.items()}, ks)
 
 
+def evaluate(
+    j: Judge, runs: dict[str, tuple[Sequence[tuple[str, str]], Iterable[int]]]
+) -> tuple[dict[str, list[Result]], dict[str, object]]:
+    """Judge each run of samples (keyed by its metrics prefix: "" or "sampled/") and tally:
+    pass@k per run, the statuses, what the verdicts rest on. The stage and the command both
+    end here."""
+    results = {prefix: judge(j, samples) for prefix, (samples, _) in runs.items()}
+    metrics: dict[str, object] = {}
+    for prefix, (_, ks) in runs.items():
+        metrics.update({prefix + k: v for k, v in summarize(results[prefix], ks).items()})
+    every = [r for rs in results.values() for r in rs]
+    metrics["statuses"] = dict(sorted(Counter(r.status for r in every).items()))
+    metrics["samples"] = len(every)
+    metrics["tasks"] = len({r.task_id for r in every})
+    metrics.update(j.metrics())
+    return results, metrics
+
+
+def per_problem(j: Judge, rows: Iterable[dict]) -> list[dict]:
+    """One line per problem from the sample rows (each with a `mode`): completions and
+    passes per mode, statuses, seconds, and how the problem is judged."""
+    table: dict[str, dict] = {
+        t: {"task_id": t, "judged": "check" if c is None else "cases", "statuses": Counter(),
+            "duration_s": 0.0}
+        for t, c in j.cases.items()
+    }  # fmt: skip
+    for row in rows:
+        entry = table[row["task_id"]]
+        mode = row["mode"]
+        entry[f"{mode}_n"] = entry.get(f"{mode}_n", 0) + 1
+        entry[f"{mode}_passed"] = entry.get(f"{mode}_passed", 0) + row["passed"]
+        entry["statuses"][row["status"]] += 1
+        entry["duration_s"] = round(entry["duration_s"] + row["duration_s"], 4)
+    return [{**e, "statuses": dict(e["statuses"])} for e in table.values()]
+
+
 def read_samples(path: Path) -> list[tuple[str, str]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -332,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", default=HUMANEVAL, help="humaneval or a .jsonl(.gz) of problems")
     ap.add_argument("--k", default="1,10,100", help="comma-separated k values")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
-    ap.add_argument("--memory-mb", type=int, default=1024, help="address space per process")
+    ap.add_argument("--memory-mb", type=int, default=1024, help="memory per sample")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sandbox", choices=sandbox.LEVELS, default="full", help="minimum level")
     ap.add_argument("--out", type=Path, help="per-sample results (default <samples>_results.jsonl)")
@@ -347,23 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        problems = load_problems(a.problems)
         samples = read_samples(a.samples)
         limits = sandbox.Limits(timeout_s=a.timeout, memory_mb=a.memory_mb)
-        sb = sandbox.probe(limits)
-        sandbox.require(sb, a.sandbox)
-        results = score(problems, samples, sb, limits, a.workers, a.problems == HUMANEVAL)
+        j = open_judge(a.problems, limits, a.sandbox, a.workers)
+        results, metrics = evaluate(j, {"": (samples, ks)})
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = a.out or a.samples.with_name(a.samples.stem + "_results.jsonl")
-    write_jsonl(out, (asdict(r) for r in results))
-    metrics = {
-        **summarize(results, ks),
-        "tasks": len({r.task_id for r in results}),
-        "samples": len(results),
-        "sandbox_level": sb.level,
-    }
+    write_jsonl(out, (asdict(r) for r in results[""]))
     print(json.dumps(metrics))
     return 0
 
