@@ -339,25 +339,33 @@ def per_problem(j: Judge, rows: Iterable[dict]) -> list[dict]:
     return [{**e, "statuses": dict(e["statuses"])} for e in table.values()]
 
 
-def read_samples(path: Path) -> list[tuple[str, str]]:
+def read_jsonl(path: Path) -> list:
+    """The records of a .jsonl file, one a line. Lines end at "\\n" only: JSON strings may hold
+    U+2028, U+0085 and the other characters `str.splitlines` also breaks at."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     out = []
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is no line end
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            out.append(json.loads(line))
         except ValueError:
             raise UserError(f"{path}:{n}: not JSON") from None
+    return out
+
+
+def read_samples(path: Path) -> list[tuple[str, str]]:
+    out = []
+    for n, rec in enumerate(read_jsonl(path), 1):
         if not (
             isinstance(rec, dict)
             and isinstance(rec.get("task_id"), str)
             and isinstance(rec.get("completion"), str)
         ):
-            raise UserError(f'{path}:{n}: needs {{"task_id": str, "completion": str}}')
+            raise UserError(f'{path}: record {n}: needs {{"task_id": str, "completion": str}}')
         out.append((rec["task_id"], rec["completion"]))
     if not out:
         raise UserError(f"{path}: no samples")
