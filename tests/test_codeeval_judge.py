@@ -62,10 +62,11 @@ def attacks(sock_path: str) -> dict[str, tuple[Problem, str]]:
     shm = Problem(
         "shm", "def shm():\n", "shm",
         "def check(candidate):\n    assert candidate() <= 4\n",
-        "    n = 0\n    try:\n        with open('/dev/shm/fill', 'wb') as f:\n"
-        "            for _ in range(100):\n                f.write(b'x' * (1 << 20))\n"
-        "                f.flush()\n                n += 1\n    except OSError:\n        pass\n"
-        "    return n\n",
+        # files of 1 MiB each: the file-size limit stops one big file, not a hundred small ones
+        "    n = 0\n    try:\n        for i in range(100):\n"
+        "            with open(f'/dev/shm/fill{i}', 'wb') as f:\n"
+        "                f.write(b'x' * ((1 << 20) - 4096))\n            n += 1\n"
+        "    except OSError:\n        pass\n    return n\n",
     )  # fmt: skip
     return {
         # 1. rewrite what the runner writes: every report that says "failed" says "passed"
@@ -131,7 +132,8 @@ def sb() -> sandbox.Sandbox:
 @pytest.fixture(scope="module")
 def batch(sb):
     """All attacks and a correct control in one judge() call, 4 at a time."""
-    folder = Path(tempfile.mkdtemp(prefix="codexlm-attack-"))
+    # outside /tmp, which every level hides: a host socket the way /run's are
+    folder = Path(tempfile.mkdtemp(prefix="codexlm-attack-", dir="/var/tmp"))
     folder.chmod(0o755)
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(folder / "host.sock"))
@@ -237,11 +239,12 @@ def test_memory_is_bounded_per_sample_not_per_process(sb) -> None:
     under the sample's 256 MB cgroup."""
     if not sb.cgroup:
         pytest.skip("no writable memory cgroup on this machine: memory is bounded per process")
-    limits = sandbox.Limits(timeout_s=5.0, memory_mb=256)
+    limits = sandbox.Limits(timeout_s=10.0, memory_mb=256)
     hog = (
         "    import os, time\n    for _ in range(3):\n        if os.fork() == 0:\n"
-        "            b = bytearray(150 << 20)\n            time.sleep(3)\n            os._exit(0)\n"
-        "    b = bytearray(150 << 20)\n    time.sleep(3)\n    return a + b\n"
+        "            buf = bytearray(150 << 20)\n            time.sleep(1)\n"
+        "            os._exit(0)\n"
+        "    buf = bytearray(150 << 20)\n    time.sleep(1)\n    return a + b\n"
     )
     judge = codeeval.Judge({"add": ADD}, {"add": cases.reduce(ADD.test)}, sb, limits)
     [r] = codeeval.judge(judge, [("add", hog)])
