@@ -336,3 +336,34 @@ def test_verdicts_equal_human_evals_on_mutants_of_the_canonical_solutions(sb) ->
     assert len(mutated) >= 300
     assert 0 < sum(r.passed for r in mutated) < len(mutated)  # some mutants are still correct
     assert {r.judged for r in mutated} == {"cases", "check"}
+
+
+# ---- stronger tests (humaneval+) ----------------------------------------------------------------
+
+
+def test_mutated_inputs_keep_their_types() -> None:
+    import random
+
+    from codexlm.codeeval import plus
+
+    rng = random.Random(0)
+    for value in (3, -2.5, "abc", "", [1, 2, 3], ("a", 1), {"k": 1}, True, [[1], [2, 3]]):
+        for _ in range(20):
+            assert type(plus.mutate(value, rng)) is type(value)
+
+
+def test_stronger_tests_catch_a_mutant_the_base_tests_pass(sb) -> None:
+    """HumanEval/59 (largest prime factor): `k < 2` -> `k < 3` in is_prime passes all five
+    base asserts; the generated inputs, with the canonical solution's answers, catch it, and
+    the canonical solution still passes."""
+    from codexlm.codeeval import plus
+
+    [p] = [q for q in codeeval.load_problems("humaneval") if q.task_id == "HumanEval/59"]
+    mutant = p.canonical_solution.replace("if k < 2:", "if k < 3:")
+    limits = sandbox.Limits(timeout_s=3.0)
+    [strong] = plus.build([p], sb, limits, per_problem=20)
+    assert strong.test.startswith(p.test.rstrip("\n")) and strong.test.count("assert") > 10
+    base = codeeval.make_judge([p], sb, limits, workers=2)
+    more = codeeval.make_judge([strong], sb, limits, workers=2)  # canonical passes (checked)
+    assert codeeval.judge(base, [(p.task_id, mutant)])[0].passed
+    assert not codeeval.judge(more, [(p.task_id, mutant)])[0].passed

@@ -178,14 +178,7 @@ def _judge_once(j: Judge, problem: Problem, cid: int, completion: str) -> Result
         out = sandbox.run_program(j.sandbox, j.limits, program(problem, completion))
         return Result(problem.task_id, cid, out.status, out.passed, round(out.duration_s, 4),
                       out.detail, "check")  # fmt: skip
-    source = f"{problem.prompt}{completion}\n{cases.prelude}\n"
-    job = {
-        "mode": "cases",
-        "source": source,
-        "entry_point": problem.entry_point,
-        "calls": [[encode(list(a)), encode(kw)] for a, kw in cases.calls],
-    }
-    run = sandbox.run(j.sandbox, j.limits, job)
+    run = sandbox.run(j.sandbox, j.limits, _job(problem, completion, cases.prelude, cases.calls))
     status, detail, held = _verdict(cases, run, j.limits)
     return Result(
         problem.task_id, cid, status, status == "passed", round(run.duration_s, 4), detail,
@@ -193,11 +186,31 @@ def _judge_once(j: Judge, problem: Problem, cid: int, completion: str) -> Result
     )  # fmt: skip
 
 
-def _verdict(cases: Cases, run: sandbox.Run, limits: sandbox.Limits) -> tuple[str, str, int]:
-    """(status, detail, checks that held) from the values the program's run returned."""
+def _job(problem: Problem, completion: str, prelude: str, calls: Sequence[tuple]) -> dict:
+    return {
+        "mode": "cases",
+        "source": f"{problem.prompt}{completion}\n{prelude}\n",
+        "entry_point": problem.entry_point,
+        "calls": [[encode(list(a)), encode(kw)] for a, kw in calls],
+    }
+
+
+def run_calls(
+    j: Judge, problem: Problem, completion: str, calls: Sequence[tuple[tuple, dict]]
+) -> list[object]:
+    """The completion's return value for each (args, kwargs), decoded to plain values (an
+    exception instance where a call raised, returned no plain value or never returned)."""
+    cases = j.cases.get(problem.task_id)
+    job = _job(problem, completion, cases.prelude if cases else "", calls)
+    values, _ = _values(sandbox.run(j.sandbox, j.limits, job).report, len(calls))
+    return [values.get(i, _MISSING) for i in range(len(calls))]
+
+
+def _values(report: str, n: int) -> tuple[dict[int, object], dict | None]:
+    """The decoded value of each call index in a runner's report, and its first record."""
     values: dict[int, object] = {}
     first: dict | None = None
-    for line in run.report.split("\n"):
+    for line in report.split("\n"):
         try:
             rec = json.loads(line)
         except (ValueError, RecursionError):
@@ -206,8 +219,14 @@ def _verdict(cases: Cases, run: sandbox.Run, limits: sandbox.Limits) -> tuple[st
             continue
         first = first or rec
         i = rec.get("i")
-        if type(i) is int and 0 <= i < len(cases.calls) and i not in values:
+        if type(i) is int and 0 <= i < n and i not in values:
             values[i] = _value(rec)
+    return values, first
+
+
+def _verdict(cases: Cases, run: sandbox.Run, limits: sandbox.Limits) -> tuple[str, str, int]:
+    """(status, detail, checks that held) from the values the program's run returned."""
+    values, first = _values(run.report, len(cases.calls))
     held = verdict(cases, [values.get(i, _MISSING) for i in range(len(cases.calls))])
     n_held = sum(held)
     early = sandbox.ended(run, limits)
