@@ -1,23 +1,24 @@
 """Run one untrusted Python program contained: the sandbox for model-written code.
 
-Each program gets a fresh interpreter (`-I`, empty environment, stdin closed, output to a
-size-capped file), its own directory and kernel limits set by `prlimit` (never by
-`preexec_fn`, which is unsafe with threads). Around that, the strongest of these that works
-on this machine:
+Each program gets a fresh interpreter (`-I`, empty environment) running a small trusted runner
+(`RUNNER`) that signals it started, sets its own kernel limits (never `preexec_fn`, which is
+unsafe with threads), reads its job from stdin and writes its report to a size-capped file;
+where the machine lets us, a memory cgroup per sample. Around that, the strongest of these
+that works on this machine:
 
-- `full`: bubblewrap under a non-root uid: new user, PID, network, IPC and UTS namespaces,
-  a read-only view of the host, a private size-capped tmpfs as /tmp and as the working
-  directory, and the namespace killed with its parent.
+- `full`: bubblewrap under a non-root uid on an empty root: new user, PID, network, IPC, UTS
+  and cgroup namespaces; read-only binds of the interpreter, its stdlib and its libraries'
+  folders only; a read-only /dev with a capped /dev/shm; an empty private size-capped tmpfs as
+  /tmp and as the working directory; the namespace killed with its parent.
 - `namespaces`: `unshare` (root only) PID + network namespaces under a non-root uid; the host
-  filesystem is as writable as it is for that uid (world-writable folders such as /tmp).
+  filesystem is readable, and writable where that uid may write (/tmp).
 - `process`: rlimits and a process group only: no network isolation, and a grandchild that
   called setsid() survives the kill. Only ever used when explicitly accepted.
 
 Which one works is not assumed: `probe` runs a program through each and checks from inside
-(uid, limits, namespaces, a write to the host, a connection to a listener we own) and from
-outside (no file appeared, no connection accepted). A program passes only when the trusted
-runner reports, with a random nonce the program never sees in its source, its environment
-or its arguments, that the code returned: an exit status or printed text cannot fake it.
+(uid, limits, namespaces, the view of the filesystem, /dev, /dev/shm) and from outside (no file
+appeared, no TCP or Unix-socket connection accepted). What the runner reports is data: the
+verdict is decided by the caller (codeeval/scoring.py), outside the sandbox.
 """
 
 from __future__ import annotations
