@@ -193,7 +193,7 @@ def test_refuses_below_the_configured_level(sb) -> None:
     assert weaker["runs"] and weaker["rlimits"]
     # the probe sees what the plain launcher does not give
     assert not weaker["pid_ns"] and not weaker["net_ns"] and not weaker["readonly_host"]
-    assert not weaker["no_host_files"] and not weaker["no_host_sockets"]
+    assert not weaker["no_host_files"] and not weaker["no_host_sockets"] and not weaker["small_dev"]
     plain = sandbox.Sandbox(level=sandbox._level(weaker), backend="plain", python=sb.python)
     assert plain.level == "process"
     with pytest.raises(UserError, match=r"codeeval\.sandbox: 'full' is required.*bubblewrap"):

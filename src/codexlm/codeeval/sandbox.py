@@ -215,17 +215,17 @@ for key, path in (
         out[key] = False
 shm = 0
 try:
-    with open("/dev/shm/" + marker, "wb") as f:
-        for _ in range(16):
-            f.write(b"x" * (1 << 20))
-            f.flush()
-            shm += 1
+    for i in range(16):  # files under the file-size limit: it stops one big file, not many
+        with open(f"/dev/shm/{marker}-{i}", "wb") as f:
+            f.write(b"x" * ((1 << 20) - 4096))
+        shm += 1
 except OSError:
     pass
-try:
-    os.unlink("/dev/shm/" + marker)
-except OSError:
-    pass
+for i in range(16):
+    try:
+        os.unlink(f"/dev/shm/{marker}-{i}")
+    except OSError:
+        pass
 out["shm_mb"] = shm
 r, w = os.pipe()
 forks = 0
@@ -626,9 +626,14 @@ def _level(layers: dict[str, bool]) -> str | None:
     return best
 
 
+def _visible_dir() -> str | None:
+    return "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
+
+
 def _probe_backend(sb: Sandbox, limits: Limits) -> dict[str, bool]:
     marker = f"codexlm-probe-{secrets.token_hex(8)}"
-    host_dir = Path(tempfile.mkdtemp(prefix="codexlm-probe-host-"))
+    # outside /tmp (which every level hides), where a host's sockets and files would be seen
+    host_dir = Path(tempfile.mkdtemp(prefix="codexlm-probe-host-", dir=_visible_dir()))
     host_dir.chmod(0o777)  # writable by anyone on the host: only a private view stops it
     secret = host_dir / "params.yaml"  # a host file the program must not see
     secret.write_text("secret: 1\n")
@@ -653,11 +658,12 @@ def _probe_backend(sb: Sandbox, limits: Limits) -> dict[str, bool]:
             open_files=limits.open_files,
         )
         r = run(sb, probe_limits, {"mode": "script", "source": PROBE, "argv": argv})
-        accepted = False
-        for s in (listener, unix):
+        accepted = {}
+        for name, s in (("tcp", listener), ("unix", unix)):
+            accepted[name] = False
             with contextlib.suppress(BlockingIOError):
                 s.accept()[0].close()
-                accepted = True
+                accepted[name] = True
         host_file = (host_dir / marker).exists()
         tmp_file = (Path(tempfile.gettempdir()) / marker).exists()
     finally:
@@ -665,7 +671,8 @@ def _probe_backend(sb: Sandbox, limits: Limits) -> dict[str, bool]:
         unix.close()
         shutil.rmtree(host_dir, ignore_errors=True)
         (Path(tempfile.gettempdir()) / marker).unlink(missing_ok=True)
-        Path("/dev/shm", marker).unlink(missing_ok=True)
+        for i in range(16):
+            Path("/dev/shm", f"{marker}-{i}").unlink(missing_ok=True)
     if not r.started or r.code != 0:
         return {"runs": False}
     try:
@@ -681,13 +688,13 @@ def _probe_backend(sb: Sandbox, limits: Limits) -> dict[str, bool]:
         "nproc": seen["forks"] < limits.max_processes,
         "non_root": seen["uid"] != 0 and (os.geteuid() != 0 or "setpriv" in sb.tools),
         "pid_ns": seen["pid_ns"] != here_pid,
-        "net_ns": seen["net_ns"] != here_net and not seen["connected"] and not accepted,
+        "net_ns": seen["net_ns"] != here_net and not seen["connected"] and not accepted["tcp"],
         "readonly_host": not seen["host_write"] and not host_file,
         "private_tmp": not tmp_file and seen["tmp_entries"] == [],
         "empty_cwd": seen["cwd_entries"] == [],
         "no_host_files": not seen["secret_visible"] and not seen["home_visible"],
-        "no_host_sockets": not seen["unix_connected"],
-        "small_dev": not seen["dev_write"] and seen["shm_mb"] * (1 << 20) <= SHM_BYTES,
+        "no_host_sockets": not seen["unix_connected"] and not accepted["unix"],
+        "small_dev": not seen["dev_write"] and seen["shm_mb"] << 20 <= SHM_BYTES,
         "memory_cgroup": bool(sb.cgroup),
     }
 
