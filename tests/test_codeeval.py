@@ -7,6 +7,7 @@ with a 1 s timeout, so the file costs a few seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -158,16 +159,15 @@ def test_all_164_canonical_pass_three_times_and_controls_fail(humaneval, sb) -> 
 
 
 def test_a_harness_that_passes_a_premature_exit_stops_the_run(humaneval, sb, monkeypatch) -> None:
-    """check_harness catches a broken harness: here one that trusts exit status 0."""
+    """check_harness catches a broken harness: here one that trusts an early exit."""
+    real = codeeval._judge_once
 
-    real = sandbox.run_program
+    def trusts_exit_status(j, problem, cid, completion):
+        out = real(j, problem, cid, completion)
+        ok = out.status in ("passed", "no_report") or out.detail.startswith("the module raised")
+        return dataclasses.replace(out, status="passed" if ok else out.status, passed=ok)
 
-    def trusts_exit_status(sb_, limits, source):
-        out = real(sb_, limits, source)
-        ok = out.status in ("passed", "no_report") or out.detail.startswith("SystemExit: 0")
-        return sandbox.Outcome("passed" if ok else out.status, out.detail, out.duration_s)
-
-    monkeypatch.setattr(sandbox, "run_program", trusts_exit_status)
+    monkeypatch.setattr(codeeval, "_judge_once", trusts_exit_status)
     with pytest.raises(UserError, match="harness broken"):
         codeeval.score(humaneval[:1], [("HumanEval/0", "")], sb, LIMITS, workers=1)
 
@@ -175,24 +175,25 @@ def test_a_harness_that_passes_a_premature_exit_stops_the_run(humaneval, sb, mon
 def test_a_harness_that_passes_everything_stops_on_humaneval(humaneval, sb, monkeypatch) -> None:
     """human-eval issue #16: with exec commented out every sample passed. The negative
     controls stop such a run (on HumanEval, where they are known to fail)."""
-    real = sandbox.run_program
+    real = codeeval._judge_once
 
-    def runs_nothing(sb_, limits, source):
-        if "os._exit(0)" in source or "SystemExit(0)" in source:
-            return real(sb_, limits, source)  # only the exit controls are run for real
-        return sandbox.Outcome("passed", "", 0.0)
+    def runs_nothing(j, problem, cid, completion):
+        if "os._exit(0)" in completion or "SystemExit(0)" in completion:
+            return real(j, problem, cid, completion)  # only the exit controls are run for real
+        return codeeval.Result(problem.task_id, cid, "passed", True, 0.0, "")
 
-    monkeypatch.setattr(sandbox, "run_program", runs_nothing)
-    with pytest.raises(UserError, match="the control completion '', which must fail, passed"):
+    monkeypatch.setattr(codeeval, "_judge_once", runs_nothing)
+    with pytest.raises(UserError, match="the control completion '', which must fail, gave passed"):
         codeeval.score(humaneval[:1], [("HumanEval/0", "")], sb, LIMITS, 1, humaneval=True)
     codeeval.score(humaneval[:1], [("HumanEval/0", "")], sb, LIMITS, 1)  # not known: not run
 
 
 def test_refuses_below_the_configured_level(sb) -> None:
-    weaker = sandbox._probe_backend("plain", sb.tools, sb.python, LIMITS)
+    weaker = sandbox._probe_backend(dataclasses.replace(sb, backend="plain", binds=()), LIMITS)
     assert weaker["runs"] and weaker["rlimits"]
     # the probe sees what the plain launcher does not give
     assert not weaker["pid_ns"] and not weaker["net_ns"] and not weaker["readonly_host"]
+    assert not weaker["no_host_files"] and not weaker["no_host_sockets"] and not weaker["small_dev"]
     plain = sandbox.Sandbox(level=sandbox._level(weaker), backend="plain", python=sb.python)
     assert plain.level == "process"
     with pytest.raises(UserError, match=r"codeeval\.sandbox: 'full' is required.*bubblewrap"):
@@ -284,7 +285,7 @@ def hostile(sb):
         "connected": connected,
         "files": files,
         "sleepers": processes_matching(SLEEP),
-        "runners": [p for p in processes_matching("runner.py") if b"/tmp/run" in _cwd_bytes(p)],
+        "runners": [p for p in processes_matching("report_fd") if _cwd_bytes(p) == b"/sandbox"],
     }
 
 
@@ -370,7 +371,7 @@ def test_command_scores_samples_from_anywhere(tmp_path: Path) -> None:
     assert metrics["pass@2"] == pytest.approx(1.0)
     assert "pass@5" not in metrics  # more than any problem's samples
     assert metrics["sandbox_level"] == "full"
-    results = [json.loads(x) for x in (tmp_path / "samples_results.jsonl").read_text().splitlines()]
+    results = codeeval.read_jsonl(tmp_path / "samples_results.jsonl")
     assert [r["passed"] for r in results] == [True, False, True, False]
     assert [r["completion_id"] for r in results] == [0, 1, 0, 1]
 
@@ -384,6 +385,6 @@ def test_command_mistakes_are_one_line_exit_2(tmp_path: Path) -> None:
     assert "HumanEval/999" in proc.stderr and "not in the problem set" in proc.stderr
     samples.write_text('{"task_id": 3}\n')
     proc = _cli([str(samples)], tmp_path)
-    assert proc.returncode == 2 and "s.jsonl:1" in proc.stderr
+    assert proc.returncode == 2 and "s.jsonl: record 1" in proc.stderr
     proc = _cli([str(samples), "--k", "0"], tmp_path)
     assert proc.returncode == 2 and "--k" in proc.stderr

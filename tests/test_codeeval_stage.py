@@ -129,15 +129,14 @@ def test_stage_scores_a_model_that_learned_the_solutions(trained, tmp_path: Path
     out = repo / "reports" / "codeeval"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sandbox_level"] == "full" and metrics["problems"] == 2 * len(TASKS)
+    assert metrics["judged_by_cases"] == 2 * len(TASKS) and metrics["judged_by_check"] == 0
     assert metrics["tokens_per_s"] > 0
-    results = {
-        r["task_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
-    }
+    results = {r["task_id"]: r for r in codeeval.read_jsonl(out / "results.jsonl")}
     learned = sum(results[p.task_id]["greedy_passed"] for p in problems)
     assert learned > 0, (results, loss)
     assert sum(results[p.task_id]["greedy_passed"] for p in failing) == 0
     assert metrics["pass@1"] == learned / (2 * len(TASKS))
-    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    samples = codeeval.read_jsonl(out / "samples.jsonl")
     # stop sequences cut the completion only, and the raw text is kept beside it
     assert all(s["raw"].startswith(s["completion"]) for s in samples)
     assert {s["mode"] for s in samples} == {"greedy"}

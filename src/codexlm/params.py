@@ -446,7 +446,7 @@ class Codeeval(_Block):
     stop: list[NonEmpty]  # cut at the first, searched in the completion only
     batch_size: int = PositiveInt
     timeout_s: float = Field(gt=0, le=600)  # wall clock per program
-    memory_mb: int = Field(ge=64)  # address space per process of a program
+    memory_mb: int = Field(ge=64)  # per sample (memory cgroup) and per process (address space)
     workers: int = PositiveInt  # programs run at once
     sandbox: Literal["full", "namespaces", "process"]  # the weakest level accepted
 

@@ -1,2 +1,3 @@
-"""Functional correctness: `scoring` (pass@k of completions), `sandbox` (where they run),
-`problems` (the task sets), `decontam` (13-gram overlap with them)."""
+"""Functional correctness: `scoring` (the judge and pass@k), `cases` (tests as data, judged
+outside the sandbox), `sandbox` (where programs run), `problems` (the task sets), `plus`
+(stronger generated tests), `decontam` (13-gram overlap with the task sets)."""

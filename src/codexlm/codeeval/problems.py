@@ -58,7 +58,7 @@ def load_problems(source: str) -> list[Problem]:
         except (OSError, EOFError) as e:
             raise UserError(f"codeeval.problems: {path}: not gzip ({e})") from None
     problems, seen = [], set()
-    for n, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+    for n, line in enumerate(raw.decode("utf-8", "replace").split("\n"), 1):
         if not line.strip():
             continue
         try:
