@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError, safe_open
 
+from codexlm import datakind
 from codexlm.errors import UserError
 from codexlm.intervals import interval_seconds
 from codexlm.paramsfile import load_yaml
@@ -25,6 +26,10 @@ ARCHIVE_EXTS = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # and the arc
 
 def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_EXTS)
+
+
+def _is_table(source: str) -> bool:
+    return Path(source).suffix in TABLE_EXTS
 
 
 # numpy's and torch's generators take a 32-bit seed
@@ -70,7 +75,7 @@ class Data(_Block):
 
     @model_validator(mode="after")
     def _examples_come_from_a_table(self) -> Data:
-        if self.format != "text" and Path(self.source).suffix not in TABLE_EXTS:
+        if datakind.of_format(self.format) == datakind.EXAMPLES and not _is_table(self.source):
             raise ValueError(
                 f"data.format: {self.format} reads records of a {'/'.join(TABLE_EXTS)} file; "
                 f"data.source {self.source!r} is not one (or set data.format: text)"

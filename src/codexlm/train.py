@@ -32,7 +32,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from codexlm import parallel, provenance
+from codexlm import datakind, parallel, provenance
 from codexlm.batches import eval_batches, train_batch
 from codexlm.callbacks import Start, emit
 from codexlm.checkpoint import files as checkpoint_files
@@ -131,7 +131,8 @@ def device_batches(
     `doc_mask` adds each window's document bounds (`masked_text`).
     """
     d, context = run.dist, run.context
-    rows_of = Schedule(tokens, seed, cfg.packing) if isinstance(tokens, Split) else None
+    examples = datakind.of_tokens(tokens) == datakind.EXAMPLES
+    rows_of = Schedule(tokens, seed, cfg.packing) if examples else None
 
     def fetch(step: int, micro: int) -> tuple[torch.Tensor, ...]:
         if rows_of is not None:
@@ -602,7 +603,7 @@ def validation_batches(
     """The fixed validation batches: text windows (with their document bounds under
     doc_mask), or the val split's first rows of examples (with a divisor of 1: their loss is
     a sum)."""
-    if not isinstance(tokens, Split):
+    if datakind.of_tokens(tokens) == datakind.TEXT:
         windows = eval_batches(tokens, run.seed, n, cfg.batch_size, run.context)
         return [masked_text(w, run.eot_id) for w in windows] if cfg.doc_mask else windows
     out = []
