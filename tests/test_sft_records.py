@@ -5,6 +5,7 @@ nothing half-written left behind."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
 
 from codexlm import corpus, records
 from codexlm.errors import UserError, run_stage
@@ -173,7 +175,9 @@ def test_the_built_in_dataset_is_derived_deterministically(tmp_path: Path) -> No
     import io
     import tarfile
 
-    from codexlm import instruct
+    spec = importlib.util.spec_from_file_location("instruct", ROOT / "tools/instruct.py")
+    instruct = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(instruct)
 
     source = (
         'def area(w, h):\n    """Width times height."""\n    return w * h\n\n'

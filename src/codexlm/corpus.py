@@ -136,7 +136,7 @@ def stdlib_identity() -> dict[str, object]:
 def archive_identity(path: Path, include: list[str]) -> dict[str, object]:
     """What an archive source holds for prepare: its name, and the number and content digest
     of the files that `include` selects (for the snapshot: the standard library's digest)."""
-    files = ((m.name, data) for m, data in _archive_files(path, include))
+    files = ((m.name, data) for m, data in archive_files(path, include))
     n, digest = contents_sha256(files)
     return {"archive": path.name, "files": n, "sha256": digest}
 
@@ -239,7 +239,7 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
             yield Raw(name, None, f"unreadable:{type(e).__name__}")
 
 
-def _archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+def archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
     """The regular files of a tar archive that match `include`, in archive order, read
     without extracting anything (a member's name never becomes a path on disk)."""
     try:
@@ -253,7 +253,7 @@ def _archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.Tar
 
 
 def _read_archive(path: Path, include: list[str], max_bytes: int) -> Iterator[Raw]:
-    for member, data in _archive_files(path, include):
+    for member, data in archive_files(path, include):
         # the archive is read whole anyway (a compressed stream); the size rule is the files'
         yield (
             Raw(member.name, None, "too_long")
