@@ -62,7 +62,7 @@ recipe: $(STAMP)
 
 # the built-in instruction dataset, from the default corpus (docs/sft.md)
 instruct: $(STAMP)
-	$(BIN)/python -m codexlm.instruct
+	$(BIN)/python tools/instruct.py
 
 # instruction-tune the default pipeline's export on it: one `dvc exp run` (docs/sft.md).
 # models/base is a copy: depending on models/export, the pipeline's own output, is a cycle

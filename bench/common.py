@@ -10,14 +10,14 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from codexlm.model import ModelArgs
-from codexlm.train import Run, TrainArgs, train
+from codexlm import paramsfile
+from codexlm.errors import UserError
+from codexlm.train import Run, train
 
 try:
     from codexlm import params as schema
@@ -29,26 +29,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 def load_params(path: Path) -> Any:
     """params.yaml validated by `codexlm.params`; where pydantic is missing, its blocks as
-    objects of the shapes train() and build_model() document (`TrainArgs`, `ModelArgs`)."""
+    they are written, read by the same YAML reader (`codexlm.paramsfile`): every key the
+    schema declares is there (the schema forbids a missing or unknown one), so the loop and
+    build_model find the attributes they read, and floats are floats."""
     if schema is not None:
         return schema.load(path)
     print(f"params: {NO_SCHEMA}; {path} read without validation", file=sys.stderr)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    blocks = {k: types.SimpleNamespace(**v) for k, v in raw.items() if isinstance(v, dict)}
     try:
-        blocks.update(model=override(raw["model"], ModelArgs), train=override(raw["train"]))
-    except KeyError as e:
-        print(f"error: {path}: missing key {e} in the model or train block", file=sys.stderr)
+        raw = paramsfile.load_yaml(path)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return types.SimpleNamespace(seed=raw["seed"], **blocks)
+    blocks = {k: types.SimpleNamespace(**v) for k, v in raw.items() if isinstance(v, dict)}
+    return types.SimpleNamespace(**{k: v for k, v in raw.items() if k not in blocks}, **blocks)
 
 
-def override(block: Any, proto: type = TrainArgs, **changes: Any) -> types.SimpleNamespace:
-    """A params block (dict or object) as an object with exactly the attributes of `proto` (a
-    Protocol of the library), some changed; floats as floats (YAML 1.1 reads 3e-4 as a str)."""
-    get = block.__getitem__ if isinstance(block, dict) else lambda k: getattr(block, k)
-    hints = get_type_hints(proto).items()
-    values = {k: float(get(k)) if t is float else get(k) for k, t in hints}
+def override(block: Any, **changes: Any) -> types.SimpleNamespace:
+    """A params block (a dict, a schema object or a namespace) as a namespace of all its
+    keys, some changed: what the loop and build_model take."""
+    if isinstance(block, dict):
+        values = dict(block)
+    elif hasattr(block, "model_dump"):
+        values = block.model_dump()
+    else:
+        values = vars(block)
     return types.SimpleNamespace(**{**values, **changes})
 
 

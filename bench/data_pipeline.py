@@ -70,7 +70,7 @@ def step(run: dict[str, Any], params: Path) -> dict[str, Any]:
     with contextlib.redirect_stdout(sys.stderr):
         if run["step"].startswith("prepare"):
             data = {**p.data.model_dump(), "source": str(d / "corpus.jsonl")}
-            data["fmt"] = data.pop("format")  # the library's name (`format` is a builtin)
+            data["data_format"] = data.pop("format")  # the library's name (`format` is a builtin)
             mod.prepare(**{**data, "scrub_secrets": run["step"] == "prepare+scrub"}, out_dir=d)
             mb = run["mb"]
         else:

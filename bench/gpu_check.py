@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Timeline, override, run_train
+from common import REPO, Timeline, load_params, override, run_train
 
 from codexlm.batches import train_batch
 from codexlm.checkpoint import files as checkpoint_files
@@ -29,6 +29,8 @@ from codexlm.train import Run, device_batches, system_metrics
 CONTEXT, VOCAB, STEPS = 64, 512, 8
 MODEL = types.SimpleNamespace(arch="llama", n_layer=2, n_head=4, d_model=64, dropout=0.0)
 MODEL.context = CONTEXT
+# params.yaml's train block with these changed: a key added to the schema (and so to
+# params.yaml) reaches the loop here without an edit
 TRAIN = dict(steps=STEPS, batch_size=8, grad_accum=2, lr=6e-3, min_lr=3e-4, warmup_steps=2)
 TRAIN.update(optimizer="muon", schedule="wsd", decay_fraction=0.4, embed_lr_scale=3.0)  # default
 TRAIN.update(weight_decay=0.1, beta1=0.8, beta2=0.99, grad_clip=1.0, precision="auto")
@@ -46,7 +48,8 @@ def tokens(n: int, seed: int) -> np.ndarray:
 def train_tiny(device: torch.device, root: Path, compile: bool, mode: str = "default") -> tuple:
     """The real training loop on a tiny llama, precision auto (bf16 on capable GPUs)."""
     model = build_model(MODEL, VOCAB, 0, 0, seed=0)
-    cfg = override({**TRAIN, "compile": compile, "compile_mode": mode})
+    defaults = load_params(REPO / "params.yaml").train
+    cfg = override(defaults, **TRAIN, compile=compile, compile_mode=mode)
     clock, run = Timeline(device), Run(0, CONTEXT, root, "gpu-check", Dist(0, 1, device))
     summary = run_train(model, (tokens(200_000, 1), tokens(20_000, 2)), cfg, run, [clock])
     return model, summary, min(n for hook, n, _ in clock.events if hook == "step") - 1

@@ -28,7 +28,7 @@ from codexlm import machine
 from codexlm.errors import run_stage
 from codexlm.live import LiveLogger
 from codexlm.metrics import mfu
-from codexlm.model import ModelArgs, build_model, count_params
+from codexlm.model import build_model, count_params
 from codexlm.optim import build_optimizer, lr_at, set_lr
 from codexlm.parallel import Dist
 from codexlm.train import Run, autocast_dtype, device_batches, model_flops_per_token
@@ -199,7 +199,7 @@ def parse_args() -> argparse.Namespace:
     s.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     s.train = override(p.train, grad_accum=1, eval_batches=1, resume="never", final="last")
     s.train.strategy, s.compile_mode = "ddp", s.compile_mode or p.train.compile_mode
-    s.model = override(p.model, ModelArgs, dropout=0.0)
+    s.model = override(p.model, dropout=0.0)
     if s.preset != "default":
         vars(s.model).update(arch=PRESETS[s.preset], n_layer=12, n_head=12, d_model=768)
         s.model.context, s.vocab, s.train.batch_size, s.train.precision = 1024, 50304, 32, "bf16"

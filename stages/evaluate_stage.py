@@ -12,8 +12,9 @@ import json
 
 import torch
 
-from codexlm import params, provenance, sft_eval
+from codexlm import datakind, params, provenance, sft_eval
 from codexlm.atomic import write_json, write_text
+from codexlm.batches import load_split
 from codexlm.errors import run_stage
 from codexlm.evaluate import (
     evaluate_split,
@@ -27,7 +28,6 @@ from codexlm.evaluate import (
 )
 from codexlm.live import open_live
 from codexlm.model import load_model, load_trained
-from codexlm.packing import load_examples, prepare_split
 
 OUT = Path("reports/evaluate")
 TRAIN_LOG = Path("reports/train")
@@ -41,7 +41,7 @@ def main() -> None:
     model, tok = load_trained(Path("models/trained"), p.model.init if p.lora.enabled else None)
     model.to(device)
     meta = json.loads(Path("data/tokens/meta.json").read_text())
-    if meta.get("format") == "examples":
+    if datakind.of_meta(meta) == datakind.EXAMPLES:
         return evaluate_examples(p, model, tok, meta, device)
     results = {
         split: evaluate_split(
@@ -87,9 +87,7 @@ def evaluate_examples(p: params.Params, model, tok, meta: dict, device: torch.de
     greedy answers to the test prompts: exact match and stop rate (codexlm.sft_eval)."""
     e = p.evaluate
     splits = {
-        s: prepare_split(
-            load_examples(Path("data/tokens"), s), p.model.context, "answers", meta["pad_id"]
-        )
+        s: load_split(Path("data/tokens"), meta, s, p.model.context, "answers")
         for s in ("test", "val")
     }
     metrics: dict[str, float] = {}

@@ -41,7 +41,7 @@ def main() -> None:
         out_dir=Path("data/prepared"),
         source_identity=identity,
         decontaminate=p.decontaminate,
-        fmt=p.format,
+        data_format=p.format,
     )
     near = stats["near_duplicates"]
     print(

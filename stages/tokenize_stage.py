@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-from codexlm import params, provenance
+from codexlm import datakind, params, provenance
 from codexlm.errors import run_stage
 from codexlm.tokenizer import tokenize
 
@@ -28,7 +28,7 @@ def main() -> None:
         out_dir=Path("data/tokens"),
         max_train_bytes=int(p.tokenizer.max_train_mb * 1_000_000),
     )
-    if meta.get("format") == "examples":
+    if datakind.of_meta(meta) == datakind.EXAMPLES:
         print(
             f"tokenize: vocab {meta['vocab_size']}, {meta['chat_template']}, examples "
             f"{meta['examples']}, targets {meta['targets']}, dropped {meta['dropped']}"

@@ -12,17 +12,18 @@ import json
 
 import torch
 
-from codexlm import parallel, params, provenance
-from codexlm.batches import check_splits, load_tokens
+from codexlm import datakind, parallel, params, provenance
+from codexlm.batches import check_splits, load_split
 from codexlm.callbacks import ProgressBar
 from codexlm.checkpoint.policy import run_fingerprint
 from codexlm.errors import UserError, run_stage
 from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout
-from codexlm.packing import load_examples, prepare_split
+from codexlm.packing import Split
 from codexlm.train import Interrupted, NonFiniteError, Run, train
 
 TOKENS, REPORTS = Path("data/tokens"), Path("reports/train")
+SPLITS = ("train", "val")
 
 
 def main() -> None:
@@ -30,8 +31,8 @@ def main() -> None:
     provenance.check_environment()  # after params: their mistakes are the commonest
     parallel.relaunch(p.train.nproc, __file__)
     meta = json.loads((TOKENS / "meta.json").read_text())
-    examples = meta.get("format") == "examples"
-    if not examples:
+    kind = datakind.of_meta(meta)
+    if kind == datakind.TEXT:
         check_splits(meta, p.model.context, p.train.eval_batches, p.train.batch_size)
     d = parallel.init_distributed()
     model = model_for(p.model, p.lora, meta, p.seed)
@@ -39,28 +40,9 @@ def main() -> None:
     resumes_across = params.not_fingerprinted(params.Train)
     fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model), resumes_across)
     run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, REPORTS, meta["eot_id"])
-    if examples:  # instruction data: whole examples, cut to the context (codexlm.packing)
-        splits = [
-            prepare_split(
-                load_examples(TOKENS, s), p.model.context, p.train.loss_on, meta["pad_id"]
-            )
-            for s in ("train", "val")
-        ]
-        for name, split in zip(("train", "val"), splits, strict=True):
-            if len(split.keep) == 0:
-                raise UserError(
-                    f"model.context: {p.model.context} tokens leave no example of the {name} "
-                    f"split a target ({split.dropped} dropped: their answers start later); "
-                    "raise model.context or shorten the prompts"
-                )
-        if d.main:
-            print(
-                f"train: {len(splits[0].keep)} examples, {splits[0].dropped} dropped (no target "
-                f"left in model.context {p.model.context}); val {len(splits[1].keep)}"
-            )
-        tokens = tuple(splits)
-    else:
-        tokens = load_tokens(TOKENS, "train"), load_tokens(TOKENS, "val")
+    tokens = [load_split(TOKENS, meta, s, p.model.context, p.train.loss_on) for s in SPLITS]
+    if kind == datakind.EXAMPLES:
+        examples_left(tokens, p.model.context, d.main)
     reporters = [ProgressBar(), LiveLogger(REPORTS)]
     try:
         summary = train(model, *tokens, p.train, run, reporters)
@@ -76,6 +58,22 @@ def main() -> None:
     if d.world > 1:
         torch.distributed.barrier()  # the others wait until rank 0 has written the outputs
         torch.distributed.destroy_process_group()
+
+
+def examples_left(splits: list[Split], context: int, main: bool) -> None:
+    """Instruction data: whole examples cut to the context; each split must keep one."""
+    for name, split in zip(SPLITS, splits, strict=True):
+        if len(split.keep) == 0:
+            raise UserError(
+                f"model.context: {context} tokens leave no example of the {name} "
+                f"split a target ({split.dropped} dropped: their answers start later); "
+                "raise model.context or shorten the prompts"
+            )
+    if main:
+        print(
+            f"train: {len(splits[0].keep)} examples, {splits[0].dropped} dropped (no target "
+            f"left in model.context {context}); val {len(splits[1].keep)}"
+        )
 
 
 if __name__ == "__main__":

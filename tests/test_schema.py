@@ -1,11 +1,12 @@
 """One schema: `params.py`'s typed blocks are the source, and every other view of a block is
-held to them here. The views cannot import pydantic (the GPU benchmark image lacks it), so
-they are Protocols checked key by key and type by type, not generated:
+derived from them or held to them here.
 
-- `train.TrainArgs`: the loop's view of `train`, and the GPU benchmark's (bench/common.py
-  builds its params from these type hints);
-- `optim.OptimArgs`: the optimizer's and the schedule's part of it;
-- `model.ModelArgs`, `model.LoraArgs`: what building a model reads;
+- the `train` block is declared once, in `params.Train`: the loop and the optimizer read its
+  attributes (no view of their own), and the GPU benchmark image, which has no pydantic, reads
+  params.yaml's block as written (bench/common.load_params), checked here to give the loop the
+  same keys and values as the schema, with pydantic unimportable;
+- `model.ModelArgs`, `model.LoraArgs`: what building a model reads, Protocols checked key by
+  key and type by type;
 - the checkpoint fingerprint: which train keys it leaves out is declared next to each key in
   params.py, and run_fingerprint's result must follow that declaration.
 """
@@ -13,6 +14,11 @@ they are Protocols checked key by key and type by type, not generated:
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
 import types
 import typing
 from typing import Any, get_type_hints
@@ -24,8 +30,6 @@ from pydantic import BaseModel
 from codexlm import params
 from codexlm.checkpoint import policy as checkpoint_policy
 from codexlm.model import LoraArgs, ModelArgs
-from codexlm.optim import OptimArgs
-from codexlm.train import TrainArgs
 
 
 def plain_type(annotation: Any) -> str:
@@ -60,28 +64,21 @@ def difference(view: dict[str, str], schema: dict[str, str]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("proto", "block"),
-    [(TrainArgs, params.Train), (ModelArgs, params.Model), (LoraArgs, params.Lora)],
-    ids=["train.TrainArgs", "model.ModelArgs", "model.LoraArgs"],
+    [(ModelArgs, params.Model), (LoraArgs, params.Lora)],
+    ids=["model.ModelArgs", "model.LoraArgs"],
 )
 def test_a_view_has_every_key_of_its_block_with_its_type(proto: type, block: type) -> None:
-    """A key added to params.py alone would pass on CPU and fail on the GPU image, whose
-    params are built from the view's type hints."""
     assert difference(view_of(proto), schema_of(block)) == []
-
-
-def test_the_optimizers_view_is_part_of_the_loops() -> None:
-    loop = view_of(TrainArgs)
-    assert {k: loop.get(k) for k in view_of(OptimArgs)} == view_of(OptimArgs)
 
 
 def test_the_view_check_fails_on_a_key_the_view_lacks() -> None:
     """The check above can fail: a schema with one more key is reported by name."""
 
-    class Wider(params.Train):
-        momentum_warmup: int
+    class Wider(params.Model):
+        rope_scaling: float
 
-    assert difference(view_of(TrainArgs), schema_of(Wider)) == [
-        "momentum_warmup: in params.py, not in the view"
+    assert difference(view_of(ModelArgs), schema_of(Wider)) == [
+        "rope_scaling: in params.py, not in the view"
     ]
 
 
@@ -92,21 +89,48 @@ def bench_module(name: str) -> types.ModuleType:
     return module
 
 
-def test_the_benchmarks_params_without_pydantic_have_every_train_key() -> None:
-    """bench/common.override is how the GPU image turns params.yaml's train block into the
-    loop's params: every schema key, floats as floats (YAML 1.1 reads 3e-4 as a str)."""
-    raw = default_params()["train"] | {"lr": "3e-4"}
-    built = vars(bench_module("common").override(raw))
-    assert set(built) == set(params.Train.model_fields)
-    assert built["lr"] == 3e-4
+# bench/common.load_params in a process where pydantic cannot be imported, as in the GPU image
+WITHOUT_PYDANTIC = """
+import json, sys
+sys.modules["pydantic"] = None  # `import pydantic` raises ImportError
+sys.path.insert(0, "bench")
+from common import load_params
+import codexlm.train, codexlm.optim
+p = load_params(sys.argv[1])
+assert "pydantic" not in {m.split(".")[0] for m in sys.modules if sys.modules[m]}
+print(json.dumps({"seed": p.seed, "train": vars(p.train), "model": vars(p.model)}))
+"""
 
 
-def test_the_gpu_checks_own_train_block_has_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bench/gpu_check.py trains a tiny model with its own train block (compile and its mode
-    set per run): a key it lacks would fail only on the GPU, in override's KeyError."""
+def test_the_benchmarks_params_without_pydantic_are_the_schemas(tmp_path) -> None:
+    """The GPU image reads params.yaml with no schema: the loop must get every train key with
+    the schema's value and type, `3e-4` (a str to YAML 1.1) as a float included."""
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "params.yaml"
+    path.write_text(re.sub(r"(?m)^(  lr:) .*$", r"\1 3e-4", text, count=1), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYDANTIC, str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    want = params.load(path)
+    assert got["train"] == json.loads(want.train.model_dump_json())
+    assert got["model"] == json.loads(want.model.model_dump_json())
+    assert got["seed"] == want.seed and got["train"]["lr"] == 3e-4
+
+
+def test_the_gpu_checks_changes_are_train_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/gpu_check.py trains a tiny model on params.yaml's train block with its own values
+    for some keys: a key the schema no longer has would be an attribute the loop never reads."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))  # its `from common import ...`
     gpu_check = bench_module("gpu_check")
-    assert set(gpu_check.TRAIN) | {"compile", "compile_mode"} == set(params.Train.model_fields)
+    assert set(gpu_check.TRAIN) <= set(params.Train.model_fields)
 
 
 def fingerprint(train: dict[str, Any], dropout: bool = False) -> str:

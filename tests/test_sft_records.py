@@ -5,6 +5,7 @@ nothing half-written left behind."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
 
 from codexlm import corpus, records
 from codexlm.errors import UserError, run_stage
@@ -54,7 +56,7 @@ def prepared(out: Path) -> list[dict]:
 def test_messages_and_prompt_completion_from_every_table_format(tmp_path: Path) -> None:
     msgs = [chat(i) for i in range(30)]
     src = write_jsonl(tmp_path / "chat.jsonl", msgs)
-    stats = corpus.prepare(str(src), out_dir=tmp_path / "a", fmt="messages", **FAST)
+    stats = corpus.prepare(str(src), out_dir=tmp_path / "a", data_format="messages", **FAST)
     assert stats["format"] == "messages" and sum(stats["documents"].values()) == 30
     assert sorted(r["messages"][1]["content"] for r in prepared(tmp_path / "a")) == sorted(
         m["messages"][1]["content"] for m in msgs
@@ -62,13 +64,15 @@ def test_messages_and_prompt_completion_from_every_table_format(tmp_path: Path) 
     # parquet: messages as a list of structs; csv: prompt/completion strings
     table = pa.table({"messages": [m["messages"] for m in msgs]})
     pq.write_table(table, tmp_path / "chat.parquet")
-    corpus.prepare(str(tmp_path / "chat.parquet"), out_dir=tmp_path / "b", fmt="messages", **FAST)
+    corpus.prepare(
+        str(tmp_path / "chat.parquet"), out_dir=tmp_path / "b", data_format="messages", **FAST
+    )
     assert sorted(map(records.dumps, prepared(tmp_path / "b"))) == sorted(
         map(records.dumps, prepared(tmp_path / "a"))
     )
     csv_path = tmp_path / "pc.csv"
     csv_path.write_text("prompt,completion\n" + "".join(f'"say {i}","{i}\n!"\n' for i in range(20)))
-    corpus.prepare(str(csv_path), out_dir=tmp_path / "c", fmt="prompt_completion", **FAST)
+    corpus.prepare(str(csv_path), out_dir=tmp_path / "c", data_format="prompt_completion", **FAST)
     rows = prepared(tmp_path / "c")
     assert len(rows) == 20 and all(r["train_from"] == 1 for r in rows)
     assert {r["messages"][1]["content"] for r in rows} == {f"{i}\n!" for i in range(20)}
@@ -93,7 +97,7 @@ def test_secrets_are_scrubbed_in_every_message(tmp_path: Path) -> None:
     rows[0]["messages"][1]["content"] = f"my key is {key} ok"
     rows[1]["messages"][2]["content"] = f"aws_access_key_id = {key}"
     src = write_jsonl(tmp_path / "s.jsonl", rows)
-    stats = corpus.prepare(str(src), out_dir=tmp_path / "o", fmt="messages", **FAST)
+    stats = corpus.prepare(str(src), out_dir=tmp_path / "o", data_format="messages", **FAST)
     text = json.dumps(prepared(tmp_path / "o"))
     assert key not in text and sum(stats["secrets"].values()) >= 2
 
@@ -120,7 +124,7 @@ def test_a_malformed_record_is_one_line_naming_file_and_record(
     src = write_jsonl(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "out"
     with pytest.raises(UserError) as e:
-        corpus.prepare(str(src), out_dir=out, fmt="messages", **FAST)
+        corpus.prepare(str(src), out_dir=out, data_format="messages", **FAST)
     assert str(e.value).startswith(f"{src}: record 4: ") and problem in str(e.value)
     assert "\n" not in str(e.value)
     assert not out.exists() or list(out.iterdir()) == []  # nothing half-written
@@ -140,7 +144,7 @@ def test_a_malformed_record_is_one_line_naming_file_and_record(
 def test_malformed_prompt_completion_records(tmp_path: Path, record: dict, problem: str) -> None:
     src = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "a", "completion": "b"}, record])
     with pytest.raises(UserError, match=f"^{src}: record 2: .*{problem}"):
-        corpus.prepare(str(src), out_dir=tmp_path / "o", fmt="prompt_completion", **FAST)
+        corpus.prepare(str(src), out_dir=tmp_path / "o", data_format="prompt_completion", **FAST)
 
 
 def test_the_stage_entry_prints_the_line_and_exits_2(
@@ -150,7 +154,7 @@ def test_the_stage_entry_prints_the_line_and_exits_2(
     monkeypatch.setattr(sys, "argv", ["prepare_stage.py"])
 
     def main() -> None:
-        corpus.prepare(str(src), out_dir=tmp_path / "o", fmt="messages", **FAST)
+        corpus.prepare(str(src), out_dir=tmp_path / "o", data_format="messages", **FAST)
 
     with pytest.raises(SystemExit) as e:
         run_stage(main)
@@ -164,14 +168,16 @@ def test_a_csv_without_the_formats_columns_is_refused_before_reading(tmp_path: P
     path = tmp_path / "t.csv"
     path.write_text("text\nhello\n")
     with pytest.raises(UserError, match="no column 'prompt' or 'completion'"):
-        corpus.prepare(str(path), out_dir=tmp_path / "o", fmt="prompt_completion", **FAST)
+        corpus.prepare(str(path), out_dir=tmp_path / "o", data_format="prompt_completion", **FAST)
 
 
 def test_the_built_in_dataset_is_derived_deterministically(tmp_path: Path) -> None:
     import io
     import tarfile
 
-    from codexlm import instruct
+    spec = importlib.util.spec_from_file_location("instruct", ROOT / "tools/instruct.py")
+    instruct = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(instruct)
 
     source = (
         'def area(w, h):\n    """Width times height."""\n    return w * h\n\n'
@@ -192,7 +198,9 @@ def test_the_built_in_dataset_is_derived_deterministically(tmp_path: Path) -> No
     assert rows[0]["messages"][1]["content"] == 'def area(w, h):\n    """Width times height."""'
     assert [sft_task(r) for r in rows] == ["body", "body", "call", "call"]
     # and prepare reads it as a messages source
-    corpus.prepare(str(tmp_path / "a.jsonl"), out_dir=tmp_path / "o", fmt="messages", **FAST)
+    corpus.prepare(
+        str(tmp_path / "a.jsonl"), out_dir=tmp_path / "o", data_format="messages", **FAST
+    )
 
 
 def sft_task(record: dict) -> str:

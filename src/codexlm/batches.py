@@ -13,12 +13,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codexlm import datakind
 from codexlm.errors import UserError
+from codexlm.packing import Split, load_examples, prepare_split
 
 
 def load_tokens(token_dir: Path, split: str) -> np.ndarray:
     meta = json.loads((token_dir / "meta.json").read_text())
     return np.memmap(token_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def load_split(
+    token_dir: Path, meta: dict, split: str, context: int, loss_on: str
+) -> np.ndarray | Split:
+    """One split as its kind (`codexlm.datakind`) trains and is scored: text as its flat token
+    file, examples as those left with a target once cut to the context (`loss_on`: answers |
+    all, which tokens are targets)."""
+    if datakind.of_meta(meta) == datakind.TEXT:
+        return load_tokens(token_dir, split)
+    return prepare_split(load_examples(token_dir, split), context, loss_on, meta["pad_id"])
 
 
 def check_splits(meta: dict, context: int, eval_batches: int, batch_size: int) -> None:

@@ -41,6 +41,7 @@ import yaml
 from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
+from codexlm import datakind
 from codexlm.atomic import write_json, write_text
 from codexlm.codeeval.decontam import N as NGRAM
 from codexlm.codeeval.decontam import contaminated
@@ -135,7 +136,7 @@ def stdlib_identity() -> dict[str, object]:
 def archive_identity(path: Path, include: list[str]) -> dict[str, object]:
     """What an archive source holds for prepare: its name, and the number and content digest
     of the files that `include` selects (for the snapshot: the standard library's digest)."""
-    files = ((m.name, data) for m, data in _archive_files(path, include))
+    files = ((m.name, data) for m, data in archive_files(path, include))
     n, digest = contents_sha256(files)
     return {"archive": path.name, "files": n, "sha256": digest}
 
@@ -238,7 +239,7 @@ def _read_files(root: Path, paths: Iterator[Path], max_bytes: int) -> Iterator[R
             yield Raw(name, None, f"unreadable:{type(e).__name__}")
 
 
-def _archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+def archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
     """The regular files of a tar archive that match `include`, in archive order, read
     without extracting anything (a member's name never becomes a path on disk)."""
     try:
@@ -252,7 +253,7 @@ def _archive_files(path: Path, include: list[str]) -> Iterator[tuple[tarfile.Tar
 
 
 def _read_archive(path: Path, include: list[str], max_bytes: int) -> Iterator[Raw]:
-    for member, data in _archive_files(path, include):
+    for member, data in archive_files(path, include):
         # the archive is read whole anyway (a compressed stream); the size rule is the files'
         yield (
             Raw(member.name, None, "too_long")
@@ -339,7 +340,7 @@ def _cell(name: str, value: object) -> Raw:
     return Raw(name, None, "null_text")
 
 
-def _read_records(path: Path, fmt: str) -> Iterator[Raw]:
+def _read_records(path: Path, data_format: str) -> Iterator[Raw]:
     """The instruction examples of a .jsonl/.csv/.parquet file, checked record by record: the
     first malformed one stops prepare with its file, record number and problem."""
     if path.suffix == ".jsonl":
@@ -354,13 +355,15 @@ def _read_records(path: Path, fmt: str) -> Iterator[Raw]:
                     raise UserError(f"{where}: not UTF-8") from None
                 except (ValueError, RecursionError):
                     raise UserError(f"{where}: not a JSON object on one line") from None
-                yield Raw(f"{path.name}:{i}", dumps(example_of(record, fmt, where)), example=True)
+                yield Raw(
+                    f"{path.name}:{i}", dumps(example_of(record, data_format, where)), example=True
+                )
         return
-    columns = list(RECORD_COLUMNS[fmt])
+    columns = list(RECORD_COLUMNS[data_format])
     try:
         if path.suffix == ".parquet":
             pf = pq.ParquetFile(path, pre_buffer=False)
-            check_columns(path, pf.schema_arrow.names, fmt)
+            check_columns(path, pf.schema_arrow.names, data_format)
             batches = pf.iter_batches(columns=columns, batch_size=1024)
         else:
             import pyarrow.csv as pacsv
@@ -373,7 +376,7 @@ def _read_records(path: Path, fmt: str) -> Iterator[Raw]:
                     column_types=dict.fromkeys(columns, pa.binary())
                 ),
             )
-            check_columns(path, reader.schema.names, fmt)
+            check_columns(path, reader.schema.names, data_format)
             batches = reader
         row = 0
         for batch in batches:
@@ -384,7 +387,11 @@ def _read_records(path: Path, fmt: str) -> Iterator[Raw]:
                     record = {c: record_cell(v) for c, v in zip(columns, values, strict=True)}
                 except UnicodeDecodeError:
                     raise UserError(f"{where}: not UTF-8") from None
-                yield Raw(f"{path.name}:{row}", dumps(example_of(record, fmt, where)), example=True)
+                yield Raw(
+                    f"{path.name}:{row}",
+                    dumps(example_of(record, data_format, where)),
+                    example=True,
+                )
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
 
@@ -398,16 +405,18 @@ def _is_utf8(text: str) -> bool:
 
 
 def iter_source(
-    source: str, include: list[str], text_column: str, max_chars: int, fmt: str = "text"
+    source: str, include: list[str], text_column: str, max_chars: int, data_format: str = "text"
 ) -> Iterator[Raw]:
     """Every document of `data.source`: "stdlib", a folder, a tar archive (files matching
-    `include`, in archive order), or a .jsonl/.csv/.parquet file; with `fmt` other than
+    `include`, in archive order), or a .jsonl/.csv/.parquet file; with `data_format` other than
     text, the instruction examples of a table file (codexlm.records)."""
     max_bytes = 4 * max_chars  # a UTF-8 character is at most 4 bytes
-    if fmt != "text":
+    if datakind.of_format(data_format) == datakind.EXAMPLES:
         if Path(source).suffix not in TABLE_EXTS:
-            raise UserError(f"data.format: {fmt} needs a {'/'.join(TABLE_EXTS)} data.source")
-        yield from _read_records(Path(source), fmt)
+            raise UserError(
+                f"data.format: {data_format} needs a {'/'.join(TABLE_EXTS)} data.source"
+            )
+        yield from _read_records(Path(source), data_format)
         return
     if source == "stdlib":
         yield from _read_files(stdlib_root(), _stdlib_files(), max_bytes)
@@ -752,15 +761,15 @@ def prepare(
     workers: int | None = None,
     source_identity: dict[str, object] | None = None,
     decontaminate: str = "none",
-    fmt: str = "text",
+    data_format: str = "text",
 ) -> dict[str, object]:
     """Write out_dir/{train,val,test}.parquet and stats.json; return the stats.
 
     `source_identity` (what the source is, e.g. `stdlib_identity()`) is recorded in stats.json.
-    With `fmt` prompt_completion or messages, each row's text is an instruction example's
+    With `data_format` prompt_completion or messages, each row's text is an instruction example's
     canonical JSON (codexlm.records), and stats.json says so (`format`) for tokenize.
     """
-    docs = iter_source(source, include, text_column, max_chars, fmt)
+    docs = iter_source(source, include, text_column, max_chars, data_format)
     # the source's own checks (it exists, its text column does) fail on the first document:
     # read it before anything is written or shown
     docs = itertools.chain(list(itertools.islice(docs, 1)), docs)
@@ -802,8 +811,8 @@ def prepare(
             f"add documents or adjust {_knobs(stats.dropped)}"
         )
     files.commit()
-    # stats.json of text data is as before this key existed (the default pipeline's outputs)
-    result = stats.as_dict() if fmt == "text" else {"format": fmt, **stats.as_dict()}
+    # examples: their data.format first; text: nothing (datakind.stats_entry)
+    result = {**datakind.stats_entry(data_format), **stats.as_dict()}
     if source_identity is not None:
         result["source"] = source_identity
     result["decontamination"] = {

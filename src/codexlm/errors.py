@@ -1,5 +1,6 @@
-"""User errors and machine faults, and the stage entry point that turns them into one line
-and exit code 2 (a traceback is left for the project's own bugs)."""
+"""Errors and the stage runner: user errors and machine faults, and `run_stage`, every stage's
+entry point, which reports them as one line and exit code 2 (a traceback is left for the
+project's own bugs), and says how to restore what `dvc repro` removed."""
 
 from __future__ import annotations
 

@@ -18,28 +18,15 @@ bf16 on GPUs, as torch's, and fp32 on CPUs (`newton_schulz_dtype`).
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-
-class OptimArgs(Protocol):
-    """What the optimizer and the schedule read of the `train` params block."""
-
-    optimizer: str  # adamw | muon
-    lr: float
-    min_lr: float
-    weight_decay: float
-    beta1: float
-    beta2: float
-    schedule: str  # cosine | wsd
-    warmup_steps: int
-    decay_fraction: float  # wsd: the share of the steps spent decaying
-    embed_lr_scale: float  # the lr of all but the hidden matrices, as a multiple of lr
-    steps: int
+if TYPE_CHECKING:  # what the optimizer and the schedule read: attributes of the train block
+    from codexlm.params import Train
 
 
-def lr_at(step: int, cfg: OptimArgs) -> float:
+def lr_at(step: int, cfg: Train) -> float:
     """Linear warmup to lr over steps 0..warmup-1; then either a cosine from lr to min_lr, or
     (wsd) lr held until the last `decay_fraction` of the steps and a linear decay to min_lr.
     Both reach exactly min_lr at the last step (steps - 1)."""
@@ -156,7 +143,7 @@ def hidden_matrices(model: torch.nn.Module) -> set[torch.nn.Parameter]:
 
 def adamw(
     params: list[torch.nn.Parameter],
-    cfg: OptimArgs,
+    cfg: Train,
     decay: set[torch.nn.Parameter],
     hidden: set[torch.nn.Parameter],
 ) -> torch.optim.AdamW:
@@ -219,7 +206,7 @@ def set_lr(opt: torch.optim.Optimizer | MuonAdamW, lr: float) -> None:
         g["lr"] = lr * g["lr_scale"]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimArgs) -> torch.optim.AdamW | MuonAdamW:
+def build_optimizer(model: torch.nn.Module, cfg: Train) -> torch.optim.AdamW | MuonAdamW:
     """`cfg.optimizer` over the trainable parameters. Weight decay goes to the matrices
     (hidden and embeddings), not to norms and biases; all but the hidden matrices train at
     `embed_lr_scale` x the lr (with Muon: the AdamW half)."""

@@ -1,4 +1,8 @@
-"""Instruction examples -> training rows: packed several to a window, or one to a padded row.
+"""Rows of a training window and their attention bounds: instruction examples packed several
+to a window (or one to a padded row), and plain text windows' document bounds.
+
+Text windows (`document_rows`, under `train.doc_mask`): position ids restart and attention
+stops at each end-of-text inside a window; the rest of this module is about examples.
 
 An example of L tokens (cut to its first context + 1: truncation keeps the start) gives L - 1
 inputs and their next-token labels, shifted within the example, so no target is predicted

@@ -11,12 +11,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError, safe_open
 
+from codexlm import datakind
 from codexlm.errors import UserError
 from codexlm.intervals import interval_seconds
+from codexlm.paramsfile import load_yaml
 
 PARAMS_FILE = "params.yaml"
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")  # the table formats prepare reads
@@ -27,48 +28,12 @@ def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_EXTS)
 
 
+def _is_table(source: str) -> bool:
+    return Path(source).suffix in TABLE_EXTS
+
+
 # numpy's and torch's generators take a 32-bit seed
 MAX_SEED = 2**32 - 1
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats.
-
-    PyYAML implements YAML 1.1, where `3e-4` (no dot) is a string. `dvc exp run -S
-    train.lr=3e-4` writes exactly that, so without this resolver lr would be "3e-4".
-    """
-
-
-def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    """YAML says mapping keys are unique; PyYAML silently keeps the last. Refuse instead: a
-    duplicated key in params.yaml is a mistake whichever value was meant."""
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise _DuplicateKey(f"duplicate key {key!r} at line {line} (first at line {seen[key]})")
-        seen[key] = line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    pass
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
 
 
 class _Block(BaseModel):
@@ -110,7 +75,7 @@ class Data(_Block):
 
     @model_validator(mode="after")
     def _examples_come_from_a_table(self) -> Data:
-        if self.format != "text" and Path(self.source).suffix not in TABLE_EXTS:
+        if datakind.of_format(self.format) == datakind.EXAMPLES and not _is_table(self.source):
             raise ValueError(
                 f"data.format: {self.format} reads records of a {'/'.join(TABLE_EXTS)} file; "
                 f"data.source {self.source!r} is not one (or set data.format: text)"
@@ -294,8 +259,9 @@ def not_fingerprinted(block: type[BaseModel]) -> frozenset[str]:
 
 
 class Train(_Block):
-    """The train block. Its other views, `train.TrainArgs` (what the loop reads, also the
-    GPU benchmark's params) and `optim.OptimArgs`, are held to it by tests/test_schema.py."""
+    """The train block, declared once: the loop (`codexlm.train`) and the optimizer
+    (`codexlm.optim`) read these attributes off this object, or, in the GPU benchmark image
+    (no pydantic), off params.yaml's train block read by `codexlm.paramsfile`."""
 
     steps: int = PositiveInt
     # how the global batch is split: the fingerprint keeps only the product
@@ -581,36 +547,6 @@ def parse(raw: Any, origin: str = PARAMS_FILE) -> Params:
         return Params.model_validate(raw)
     except ValidationError as e:
         raise UserError(f"{origin}: " + "; ".join(_merge(e.errors()))) from None
-
-
-def load_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        with path.open(encoding="utf-8") as f:
-            return yaml.load(f, Loader=_Loader)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run from the repository root)") from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})"
-        ) from None
-    except _DuplicateKey as e:
-        raise UserError(f"{path}: {e}; YAML keys are unique") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to be params") from None
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """PyYAML's message in one line: what is wrong and where."""
-    problem = getattr(e, "problem", None)
-    mark = getattr(e, "problem_mark", None)
-    if problem and mark:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(e).split())
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:

@@ -52,15 +52,17 @@ def _messages(value: object, where: str, field: str) -> list[dict[str, Any]]:
     return out
 
 
-def example_of(record: object, fmt: str, where: str) -> dict[str, Any]:
+def example_of(record: object, data_format: str, where: str) -> dict[str, Any]:
     """The canonical example of one record, or a UserError naming `where` and the problem."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: the record is a {type(record).__name__}, not an object")
-    missing = [c for c in COLUMNS[fmt] if c not in record or record[c] is None]
+    missing = [c for c in COLUMNS[data_format] if c not in record or record[c] is None]
     if missing:
         have = ", ".join(map(str, record)) or "none"
-        raise UserError(f"{where}: no {' or '.join(missing)} (keys: {have}); data.format is {fmt}")
-    if fmt == "messages":
+        raise UserError(
+            f"{where}: no {' or '.join(missing)} (keys: {have}); data.format is {data_format}"
+        )
+    if data_format == "messages":
         messages, train_from = _messages(record["messages"], where, "messages"), 0
         if not messages:
             raise UserError(f"{where}: empty conversation (messages is [])")
@@ -81,7 +83,7 @@ def example_of(record: object, fmt: str, where: str) -> dict[str, Any]:
             raise UserError(f"{where}: empty prompt (prompt is [])")
         messages, train_from = prompt_msgs + completion_msgs, len(prompt_msgs)
     if not any(m["role"] == "assistant" for m in messages[train_from:]):
-        part = "the completion" if fmt == "prompt_completion" else "the conversation"
+        part = "the completion" if data_format == "prompt_completion" else "the conversation"
         raise UserError(f"{where}: no assistant turn in {part}, so nothing to train on")
     return {"messages": messages, "train_from": train_from}
 
@@ -110,13 +112,14 @@ def scrubbed(
     return {**example, "messages": messages}
 
 
-def check_columns(path: Path, columns: list[str], fmt: str) -> None:
+def check_columns(path: Path, columns: list[str], data_format: str) -> None:
     """A table whose columns do not fit data.format: one line before any record is read."""
-    missing = [c for c in COLUMNS[fmt] if c not in columns]
+    missing = [c for c in COLUMNS[data_format] if c not in columns]
     if missing:
         raise UserError(
             f"{path}: no column {' or '.join(map(repr, missing))} (columns: "
-            f"{', '.join(columns) or 'none'}); data.format {fmt} reads {', '.join(COLUMNS[fmt])}"
+            f"{', '.join(columns) or 'none'}); data.format {data_format} reads "
+            f"{', '.join(COLUMNS[data_format])}"
         )
 
 

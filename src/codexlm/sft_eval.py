@@ -7,7 +7,7 @@ with the chat template and its generation prompt, decodes greedily and stops at 
 end-of-turn token: an answer is an exact match when it equals the reference (surrounding
 whitespace ignored), and it stopped by itself when the model emitted end-of-turn within
 `max_new_tokens`. Both are reported per task too: a task is named by the first word of the
-conversation's system message (the built-in dataset's `body` and `call`, codexlm.instruct).
+conversation's system message (the built-in dataset's `body` and `call`, tools/instruct.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from codexlm import chat, records
+from codexlm import chat, datakind, records
 from codexlm.atomic import replace_dir, write_json
 from codexlm.errors import UserError
 from codexlm.hashing import file_sha256
@@ -260,7 +260,7 @@ def tokenize(
     else:
         tok = load_pretrained(Path(init))
     stats = json.loads((prepared / "stats.json").read_text())
-    if stats.get("format", "text") != "text":
+    if datakind.of_stats(stats) == datakind.EXAMPLES:
         return tokenize_examples(tok, prepared, tok_dir, out_dir, splits)
     with replace_dir(tok_dir) as tmp:
         save_tokenizer(tok, tmp)
@@ -315,7 +315,7 @@ def tokenize_examples(
             )
     files = [f"{s}{ext}" for s in splits for ext in (".bin", ".mask.bin", ".index.npy")]
     meta = {
-        "format": "examples",
+        **datakind.meta_entry(datakind.EXAMPLES),
         "dtype": dtype.name,
         "vocab_size": vocab,
         "eot_id": tok.eos_token_id,

@@ -25,14 +25,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psutil
 import torch
 import torch.distributed as dist
 
-from codexlm import parallel, provenance
+from codexlm import datakind, parallel, provenance
 from codexlm.batches import eval_batches, train_batch
 from codexlm.callbacks import Start, emit
 from codexlm.checkpoint import files as checkpoint_files
@@ -48,43 +48,9 @@ from codexlm.optim import MuonAdamW, build_optimizer, lr_at, set_lr, state_bytes
 from codexlm.packing import Schedule, Split, build_rows, document_rows, fixed_rows, step_rows
 from codexlm.parallel import Dist, weights_finite
 
-
-class TrainArgs(Protocol):
-    """The `train` params block as the loop takes it: every key of `params.Train`, with its
-    type (tests/test_schema.py holds the two equal). Any object with these attributes will
-    do: the GPU benchmark, whose image has no pydantic, builds one from these hints."""
-
-    steps: int
-    batch_size: int
-    grad_accum: int
-    optimizer: str
-    lr: float
-    min_lr: float
-    schedule: str
-    warmup_steps: int
-    decay_fraction: float
-    embed_lr_scale: float
-    weight_decay: float
-    beta1: float
-    beta2: float
-    grad_clip: float
-    precision: str
-    compile: bool
-    compile_mode: str
-    eval_every: int
-    eval_batches: int
-    log_every: int
-    checkpoint_every: int | str  # steps, or a time interval ("30m": codexlm.intervals)
-    keep_checkpoints: int
-    max_stop_seconds: float
-    resume: str
-    final: str
-    max_bad_steps: int
-    nproc: int  # read by the stage (torchrun) and the fingerprint, not the loop
-    strategy: str
-    loss_on: str  # answers | all: instruction data's targets (codexlm.examples)
-    packing: bool  # instruction data: several examples per window, or one per padded row
-    doc_mask: bool  # text: attention stops at each end-of-text (codexlm.packing.document_rows)
+if TYPE_CHECKING:  # the train block's one declaration; the loop reads only its attributes, so
+    # the GPU benchmark image (no pydantic) passes params.yaml's block as a namespace
+    from codexlm.params import Train
 
 
 @dataclass(frozen=True)
@@ -136,7 +102,7 @@ def deterministic_kernels(device: torch.device) -> Callable[[], None]:
     return lambda: torch.use_deterministic_algorithms(was, warn_only=warn_only)
 
 
-def row_batch(rows_of: Schedule, step: int, micro: int, cfg: TrainArgs, d: Dist) -> tuple:
+def row_batch(rows_of: Schedule, step: int, micro: int, cfg: Train, d: Dist) -> tuple:
     """Instruction rows of micro-batch `micro` of `step` for this rank: inputs, labels,
     position ids, segments, and the divisor that makes the step's loss Σ NLL / Σ targets
     over every micro-batch and rank (x world: DDP averages the ranks' gradients)."""
@@ -154,7 +120,7 @@ def masked_text(batch: tuple[torch.Tensor, torch.Tensor], eot: int | None) -> tu
 
 
 def device_batches(
-    tokens: np.ndarray | Split, seed: int, start: int, cfg: TrainArgs, run: Run
+    tokens: np.ndarray | Split, seed: int, start: int, cfg: Train, run: Run
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """This rank's micro-batches of steps start..steps-1, in order, one ahead of the loop.
 
@@ -165,7 +131,8 @@ def device_batches(
     `doc_mask` adds each window's document bounds (`masked_text`).
     """
     d, context = run.dist, run.context
-    rows_of = Schedule(tokens, seed, cfg.packing) if isinstance(tokens, Split) else None
+    examples = datakind.of_tokens(tokens) == datakind.EXAMPLES
+    rows_of = Schedule(tokens, seed, cfg.packing) if examples else None
 
     def fetch(step: int, micro: int) -> tuple[torch.Tensor, ...]:
         if rows_of is not None:
@@ -361,7 +328,7 @@ class Parts:
     amp: torch.dtype | None
 
 
-def setup(model: torch.nn.Module, cfg: TrainArgs, d: Dist) -> Parts:
+def setup(model: torch.nn.Module, cfg: Train, d: Dist) -> Parts:
     """Move, shard under FSDP, and build the optimizer; compile and DDP come after restoring
     (`wrap`), since a checkpoint's names are the raw model's."""
     raw = model.to(d.device)
@@ -384,7 +351,7 @@ def setup(model: torch.nn.Module, cfg: TrainArgs, d: Dist) -> Parts:
     return Parts(raw, fwd, evaluator, opt, params, mode, amp)
 
 
-def wrap(parts: Parts, cfg: TrainArgs, d: Dist) -> None:
+def wrap(parts: Parts, cfg: Train, d: Dist) -> None:
     if cfg.compile and parts.mode != "fsdp":
         parts.fwd = torch.compile(parts.fwd, mode=cfg.compile_mode)
     if d.world > 1 and parts.mode != "fsdp":
@@ -394,7 +361,7 @@ def wrap(parts: Parts, cfg: TrainArgs, d: Dist) -> None:
 
 
 def train_step(
-    parts: Parts, batches: Iterator, loop: LoopState, lr: float, cfg: TrainArgs, d: Dist
+    parts: Parts, batches: Iterator, loop: LoopState, lr: float, cfg: Train, d: Dist
 ) -> None:
     """One optimizer step over grad_accum micro-batches; sums stay on the device."""
     set_lr(parts.opt, lr)
@@ -425,7 +392,7 @@ def train_step(
     loop.count(step_loss, norm, bad)
 
 
-def log_metrics(loop: LoopState, lr: float, cfg: TrainArgs, d: Dist, rate: Rate) -> dict:
+def log_metrics(loop: LoopState, lr: float, cfg: Train, d: Dist, rate: Rate) -> dict:
     """What a log step reports; reads the device sums (a sync) and resets them."""
     if int(loop.bad_max) >= cfg.max_bad_steps:
         raise NonFiniteError(
@@ -499,7 +466,7 @@ def plan(policy: checkpoint_policy.Policy, parts: Parts) -> None:
 
 
 def out_of_memory(
-    parts: Parts, loop: LoopState, cfg: TrainArgs, run: Run, policy: checkpoint_policy.Policy
+    parts: Parts, loop: LoopState, cfg: Train, run: Run, policy: checkpoint_policy.Policy
 ) -> MachineFault:
     """The one line for memory exhausted in a step: the sizes that drove it, what to lower."""
     where = "GPU" if run.dist.device.type == "cuda" else "CPU"
@@ -535,9 +502,7 @@ def arithmetic(parts: Parts) -> dict[str, str]:
     }
 
 
-def announce(
-    ckpt: Checkpoint | None, loop: LoopState, parts: Parts, cfg: TrainArgs, d: Dist
-) -> None:
+def announce(ckpt: Checkpoint | None, loop: LoopState, parts: Parts, cfg: Train, d: Dist) -> None:
     if not d.main:
         return
     steps, mode, how = cfg.steps, parts.mode, arithmetic(parts)
@@ -552,7 +517,7 @@ def announce(
         print(f"train: {d.world} processes, {mode}")
 
 
-def start_info(parts: Parts, loop: LoopState, cfg: TrainArgs, resumed: bool) -> Start:
+def start_info(parts: Parts, loop: LoopState, cfg: Train, resumed: bool) -> Start:
     return Start(
         steps=cfg.steps,
         start=loop.step,
@@ -567,7 +532,7 @@ def train(
     model: torch.nn.Module,
     train_tokens: np.ndarray | Split,
     val_tokens: np.ndarray | Split,
-    cfg: TrainArgs,
+    cfg: Train,
     run: Run,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
@@ -633,12 +598,12 @@ def train(
 
 
 def validation_batches(
-    tokens: np.ndarray | Split, n: int, cfg: TrainArgs, run: Run
+    tokens: np.ndarray | Split, n: int, cfg: Train, run: Run
 ) -> list[tuple[torch.Tensor, ...]]:
     """The fixed validation batches: text windows (with their document bounds under
     doc_mask), or the val split's first rows of examples (with a divisor of 1: their loss is
     a sum)."""
-    if not isinstance(tokens, Split):
+    if datakind.of_tokens(tokens) == datakind.TEXT:
         windows = eval_batches(tokens, run.seed, n, cfg.batch_size, run.context)
         return [masked_text(w, run.eot_id) for w in windows] if cfg.doc_mask else windows
     out = []
@@ -654,7 +619,7 @@ def run_steps(
     policy: checkpoint_policy.Policy,
     train_tokens: np.ndarray | Split,
     val_tokens: np.ndarray | Split,
-    cfg: TrainArgs,
+    cfg: Train,
     run: Run,
     callbacks: Sequence[Any],
 ) -> None:

@@ -7,8 +7,9 @@ Two tasks, each named by its system message (evaluate reports exact match per ta
 - `call`: the user names a function and the assistant answers with a call to it without
   arguments, `name()` (a fixed-format rule a small model learns: greedy exact match).
 
-`python -m codexlm.instruct [ARCHIVE] [OUT]` (`make instruct`) writes data/instruct.jsonl,
-a `data.format: messages` source (docs/sft.md).
+`python tools/instruct.py [ARCHIVE] [OUT]` (`make instruct`) writes data/instruct.jsonl, a
+`data.format: messages` source (docs/sft.md). A dataset builder, not a stage: its output is
+an input (`data.source`) the pipeline reads like any other.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-from codexlm.atomic import write_text
-from codexlm.corpus import SNAPSHOT, _archive_files
-from codexlm.errors import run_stage
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from codexlm.atomic import write_text  # noqa: E402
+from codexlm.corpus import SNAPSHOT, archive_files  # noqa: E402
+from codexlm.errors import run_stage  # noqa: E402
 
 OUT = Path("data/instruct.jsonl")
 BODY = "body: write the body of the Python function."
@@ -57,7 +62,7 @@ def _functions(source: str) -> Iterator[tuple[str, str, str]]:
 def examples(archive: Path) -> Iterator[dict]:
     """The dataset's records (`messages`), in archive order: bodies first, then calls."""
     bodies, calls, names = [], [], set()
-    for _, data in _archive_files(archive, ["**/*.py"]):
+    for _, data in archive_files(archive, ["**/*.py"]):
         for name, header, body in _functions(data.decode("utf-8", "replace")):
             short = len(body) <= MAX_BODY_CHARS and body.count("\n") < MAX_BODY_LINES
             if short and len(header) <= MAX_HEADER_CHARS and len(bodies) < MAX_PER_TASK:
