@@ -56,6 +56,7 @@ LAYERS: dict[str, set[str]] = {
         "codeeval.problems",
         "codeeval.decontam",
         "codeeval.sandbox",
+        "codeeval.cases",
         "export",
         "export.card",
         "export.gguf",
@@ -70,6 +71,7 @@ LAYERS: dict[str, set[str]] = {
         "export.hf",
         "codeeval.scoring",
         "codeeval.__main__",
+        "codeeval.plus",
     },
 }
 
