@@ -85,6 +85,7 @@ class TrainArgs(Protocol):
     loss_on: str  # answers | all: instruction data's targets (codexlm.examples)
     packing: bool  # instruction data: several examples per window, or one per padded row
     doc_mask: bool  # text: attention stops at each end-of-text (codexlm.packing.document_rows)
+    loggers: list[str]  # read by the stage (codexlm.live, codexlm.trackers), not the loop
 
 
 @dataclass(frozen=True)

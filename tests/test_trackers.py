@@ -1,0 +1,219 @@
+"""MLflow, TensorBoard and W&B beside DVCLive (codexlm.trackers), each read back with its own
+client: every step's loss equal to DVCLive's, the params, the later stages' metrics and the
+model card; no connection to anything but loopback; a killed run resumed logs each step once.
+
+The runs are real train() runs of a tiny model in processes of their own
+(tests/tracked_train.py), killed with SIGKILL where a test says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, VENV_BIN, train_args
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from codexlm import trackers
+from codexlm.errors import MachineFault, UserError
+
+STEPS = 8  # tests/tracked_train.py's run
+RESULTS = {"evaluate/test/bits_per_byte": 1.625, "evaluate/test/loss": 3.5}
+CARD = "# codexlm\n\nA model card.\n"
+
+
+def netns() -> list[str]:
+    """A prefix that runs a command in a network namespace of its own (no interface but a
+    loopback that is down), where the kernel can create one; else none."""
+    if shutil.which("unshare") is None:
+        return []
+    ok = subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+    return ["unshare", "-rn"] if ok else []
+
+
+def tracked(folder: Path, names: list[str], check: bool = True, **spec) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = spec.pop("prefix", [])
+    (folder / "spec.json").write_text(json.dumps({"dir": str(folder), "trackers": names, **spec}))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    for k in ("MLFLOW_TRACKING_URI", "WANDB_MODE", "WANDB_DIR"):  # this machine's, not ours
+        env.pop(k, None)
+    cmd = [*prefix, sys.executable, str(ROOT / "tests/tracked_train.py")]
+    done = subprocess.run([*cmd, str(folder / "spec.json")], env=env, capture_output=True)
+    if check and done.returncode != 0:
+        raise AssertionError(done.stderr.decode()[-3000:])
+    return done.returncode
+
+
+def dvclive(folder: Path, name: str) -> dict[int, float]:
+    with (folder / "log/plots/metrics" / f"{name}.tsv").open(newline="") as f:
+        return {
+            int(r["step"]): float(r[name.split("/")[-1]]) for r in csv.DictReader(f, delimiter="\t")
+        }
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / "log" / trackers.RECORD).read_text())
+
+
+def mlflow_client(folder: Path) -> MlflowClient:
+    trackers.offline()  # as the stages read it: MLflow 3 asks to allow its file store
+    return MlflowClient((folder / "trackers/mlflow").as_uri())
+
+
+@pytest.fixture(scope="module")
+def all_three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """One run with every tracker on, then the evaluate and export stages' logging, counting
+    the connections it attempts, inside a network namespace where the kernel allows one."""
+    folder = tmp_path_factory.mktemp("tracked")
+    (folder / "README.md").write_text(CARD)
+    prefix = netns()
+    names = ["mlflow", "tensorboard", "wandb"]
+    spec = dict(audit=True, results=RESULTS, files=["README.md"], prefix=prefix)
+    tracked(folder, names, **spec)
+    return folder, prefix
+
+
+def test_mlflow_run_reads_back_as_dvclive_logged_it(all_three) -> None:
+    folder, _ = all_three
+    client, entry = mlflow_client(folder), record(folder)["mlflow"]
+    assert entry["tracking_uri"] is None  # the default: a file store in the repository
+    run = client.get_run(entry["run_id"])
+    for name in ("train/loss", "val/loss", "lr", "grad_norm"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert {m.step: m.value for m in history} == dvclive(folder, name), name
+        assert len(history) == len(dvclive(folder, name)), name  # no step twice
+    assert {"tokens_per_s", "system/cpu_percent", "system/rss_gb"} <= run.data.metrics.keys()
+    assert run.data.params["train.lr"] == "0.01" and run.data.params["seed"] == "0"
+    assert run.data.tags["codexlm.fingerprint"] == "fp-tracked"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+    for k, v in RESULTS.items():  # the later stages' metrics, at the run's last step
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] == [
+            (STEPS, v)
+        ]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["README.md"]
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # one run per stage run
+
+
+def test_tensorboard_events_read_back_as_dvclive_logged_them(all_three) -> None:
+    folder, _ = all_three
+    acc = EventAccumulator(record(folder)["tensorboard"]["dir"])
+    acc.Reload()
+    for name in ("train/loss", "val/loss", "lr", "grad_norm"):
+        events = acc.Scalars(name)
+        logged = dvclive(folder, name)
+        assert [e.step for e in events] == sorted(logged), name
+        # TensorBoard keeps float32
+        assert [e.value for e in events] == [np.float32(logged[s]) for s in sorted(logged)]
+    assert "tokens_per_s" in acc.Tags()["scalars"] and "system/rss_gb" in acc.Tags()["scalars"]
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hp["train.lr"].number_value == 0.01 and hp["train.schedule"].string_value == "wsd"
+    for k, v in RESULTS.items():
+        assert [(e.step, e.value) for e in acc.Scalars(k)] == [(STEPS, np.float32(v))]
+    assert "README.md/text_summary" in acc.Tags()["tensors"]  # the card, as text
+
+
+def wandb_records(path: Path) -> list[dict]:
+    """A .wandb transaction log through W&B's own reader (`wandb leet inspect --json`)."""
+    done = subprocess.run(
+        [str(VENV_BIN / "wandb"), "leet", "inspect", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_wandb_offline_run_reads_back_as_dvclive_logged_it(all_three) -> None:
+    folder, _ = all_three
+    entry = record(folder)["wandb"]
+    # one offline folder per process: the train stage's, then the later stages'
+    runs = sorted((Path(entry["dir"]) / "wandb").glob(f"offline-run-*-{entry['id']}"))
+    assert len(runs) == 2
+    train, later = (wandb_records(next(r.glob("*.wandb"))) for r in runs)
+    rows = [r["history"] for r in train if r["type"] == "history"]
+    for name in ("train/loss", "val/loss", "lr", "grad_norm"):
+        got = {r["step"].get("num", 0): r["item"][name] for r in rows if name in r["item"]}
+        assert got == dvclive(folder, name), name
+    config = next(r for r in train if r["type"] == "run")["run"]["config"]["update"]
+    assert config["train.lr"] == 0.01 and config["fingerprint"] == "fp-tracked"
+    summary: dict = {}
+    for r in later:
+        if r["type"] == "summary":
+            summary.update(r["summary"]["update"])
+    assert {k: summary[k] for k in RESULTS} == RESULTS
+    assert any(r["type"] == "artifact" for r in later)  # the card
+    assert not any(r["type"] == "run" and r["run"].get("entity") for r in train)  # never synced
+
+
+def test_no_connection_but_loopback_with_every_tracker_on(all_three) -> None:
+    """The audit hook saw every connect and name lookup of the run's interpreter; the network
+    namespace (where there is one) had no interface to reach anything through."""
+    folder, prefix = all_three
+    assert json.loads((folder / "attempts.json").read_text()) == []
+    if os.environ.get("CI") and not prefix:
+        pytest.fail("CI: no network namespace (unshare -rn) to run the tracked run in")
+
+
+def test_a_killed_run_resumes_the_same_mlflow_run_and_tensorboard_axis(tmp_path) -> None:
+    """SIGKILL while drawing step 6's batches, after the step-4 checkpoint: the crashed run
+    had logged step 5 to both. The resumed run continues the same MLflow run and
+    TensorBoard folder: steps 1..8 once each, with DVCLive's values."""
+    names = ["mlflow", "tensorboard"]
+    assert tracked(tmp_path, names, check=False, kill_at=6) == -9
+    crashed = mlflow_client(tmp_path).get_metric_history(
+        record(tmp_path)["mlflow"]["run_id"], "train/loss"
+    )
+    assert max(m.step for m in crashed) > 4  # past the checkpoint it resumes from
+    tracked(tmp_path, names)
+    entry = record(tmp_path)
+    client = mlflow_client(tmp_path)
+    run = client.get_run(entry["mlflow"]["run_id"])
+    assert len(client.search_runs([run.info.experiment_id])) == 1 and run.info.status == "FINISHED"
+    acc = EventAccumulator(entry["tensorboard"]["dir"])
+    acc.Reload()
+    for name in ("train/loss", "val/loss"):
+        logged = dvclive(tmp_path, name)
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == sorted(logged), name
+        assert {m.step: m.value for m in history} == logged, name
+        assert [e.step for e in acc.Scalars(name)] == sorted(logged), name
+        assert [e.value for e in acc.Scalars(name)] == [
+            np.float32(logged[s]) for s in sorted(logged)
+        ]
+    assert sorted(dvclive(tmp_path, "train/loss")) == list(range(1, STEPS + 1))
+
+
+def test_a_missing_package_is_one_line_before_any_work(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` sees uninstalled
+    with pytest.raises(
+        UserError, match=r"train.loggers: wandb is not installed.*make install-trackers"
+    ):
+        trackers.check(["dvclive", "mlflow", "wandb"], tmp_path)
+
+
+def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path) -> None:
+    root = tmp_path / "file"
+    root.write_text("")  # a file where the folder should be
+    with pytest.raises(MachineFault, match=r"train.loggers: tensorboard writes to .*not writable"):
+        trackers.check(["dvclive", "tensorboard"], root)
+
+
+def test_loggers_keep_dvclive_and_name_each_once() -> None:
+    assert train_args().loggers == ["dvclive"]  # params.yaml's default: today's logging
+    for bad in (["mlflow"], ["dvclive", "mlflow", "mlflow"], ["dvclive", "neptune"]):
+        with pytest.raises(ValidationError):
+            train_args(loggers=bad)
