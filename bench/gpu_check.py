@@ -35,6 +35,7 @@ TRAIN.update(weight_decay=0.1, beta1=0.8, beta2=0.99, grad_clip=1.0, precision="
 TRAIN.update(eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4, keep_checkpoints=3)
 TRAIN.update(resume="auto", final="last", max_bad_steps=3, nproc=1, strategy="ddp")
 TRAIN.update(max_stop_seconds=60.0, loss_on="answers", packing=True, doc_mask=False)
+TRAIN.update(loggers=["dvclive"])  # read by the train stage, not the loop
 
 
 def tokens(n: int, seed: int) -> np.ndarray:
