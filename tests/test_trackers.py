@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, VENV_BIN, train_args
+import yaml
+from conftest import ROOT, VENV_BIN, run_script, train_args
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -217,3 +218,55 @@ def test_loggers_keep_dvclive_and_name_each_once() -> None:
     for bad in (["mlflow"], ["dvclive", "mlflow", "mlflow"], ["dvclive", "neptune"]):
         with pytest.raises(ValidationError):
             train_args(loggers=bad)
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.slow  # train, evaluate and export once more: 53 s here (loaded 2-core machine)
+def test_the_stages_log_to_the_runs_the_train_stage_started(built, tmp_path) -> None:
+    """The stage scripts themselves: the default writes no record (today's outputs); with
+    MLflow and TensorBoard on, an unusable folder stops the train stage in one line before
+    any work, then train, evaluate and export log to the same runs: DVCLive's losses, the
+    evaluate stage's metrics.json, the exported model card."""
+    assert not (built / "reports/train" / trackers.RECORD).exists()
+    repo = tmp_path / "repo"
+    skip = shutil.ignore_patterns("checkpoints", "reports", "cache", "tmp", "trackers")
+    shutil.copytree(built, repo, ignore=skip)
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["train"]["loggers"] = ["dvclive", "mlflow", "tensorboard"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    (repo / "trackers").write_text("")  # a file where the folder goes
+    bad = run_script("stages/train_stage.py", repo)
+    assert bad.returncode == 2 and "train:" not in bad.stdout
+    assert bad.stderr.strip().splitlines() == [
+        "error: train.loggers: mlflow writes to trackers/mlflow, which is not writable (Not a "
+        "directory); free or fix that folder, or drop mlflow from train.loggers"
+    ]
+    (repo / "trackers").unlink()
+    for stage in ("train", "evaluate", "export"):
+        done = run_script(f"stages/{stage}_stage.py", repo)
+        assert done.returncode == 0, done.stderr[-2000:]
+    entry = json.loads((repo / "reports/train" / trackers.RECORD).read_text())
+    client = mlflow_client(repo)
+    run_id, steps = entry["mlflow"]["run_id"], p["train"]["steps"]
+    losses = client.get_metric_history(run_id, "train/loss")
+    with (repo / "reports/train/plots/metrics/train/loss.tsv").open(newline="") as f:
+        logged = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f, delimiter="\t")}
+    assert {m.step: m.value for m in losses} == logged and len(losses) == len(logged)
+    evaluated = flat(json.loads((repo / "reports/evaluate/metrics.json").read_text()))
+    run = client.get_run(run_id)
+    assert {k: run.data.metrics[f"evaluate/{k}"] for k in evaluated} == evaluated
+    card = Path(client.download_artifacts(run_id, "README.md", str(tmp_path)))
+    assert card.read_text() == (repo / "models/export/README.md").read_text()
+    acc = EventAccumulator(str(repo / entry["tensorboard"]["dir"]))
+    acc.Reload()
+    bpb = evaluated["test/bits_per_byte"]
+    assert [(e.step, e.value) for e in acc.Scalars("evaluate/test/bits_per_byte")] == [
+        (steps, np.float32(bpb))
+    ]
+    assert "README.md/text_summary" in acc.Tags()["tensors"]

@@ -9,6 +9,7 @@ interpreter makes, whatever library makes it, passes through it first.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
 import os
@@ -45,6 +46,8 @@ def audit(event: str, args: tuple) -> None:
 
 if SPEC.get("audit"):
     sys.addaudithook(audit)
+    # written however the run ends, so a failed run still says what it tried
+    atexit.register(lambda: (OUT / "attempts.json").write_text(json.dumps(attempts)))
 
 import numpy as np  # noqa: E402
 from conftest import model_args, train_args  # noqa: E402
@@ -97,7 +100,6 @@ def main() -> None:
     if SPEC.get("results"):  # what the evaluate and export stages log at the end
         files = [OUT / f for f in SPEC.get("files", [])]
         log_results(log, root, SPEC["results"], files)
-    (OUT / "attempts.json").write_text(json.dumps(attempts))
 
 
 if __name__ == "__main__":

@@ -290,6 +290,19 @@ class RunInfo:
         self.name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
 
 
+def opening_errors(name: str) -> tuple[type[BaseException], ...]:
+    """What a tracker raises when its store or service cannot be used (besides OSError)."""
+    if name == "mlflow":
+        from mlflow.exceptions import MlflowException
+
+        return (OSError, MlflowException)
+    if name == "wandb":
+        from wandb.errors import Error
+
+        return (OSError, Error)
+    return (OSError,)
+
+
 KINDS = {"mlflow": Mlflow, "tensorboard": TensorBoard, "wandb": Wandb}
 
 
@@ -309,7 +322,13 @@ class Trackers:
         before = read_record(self.log_dir) if info.resumed else {}
         record: dict[str, Any] = {"steps": info.steps}
         for name, t in self.trackers.items():
-            record[name] = t.open(before.get(name), info, self.run)
+            try:
+                record[name] = t.open(before.get(name), info, self.run)
+            except opening_errors(name) as e:  # a store or service of the user's that fails
+                raise MachineFault(
+                    f"train.loggers: {name} could not open its run ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else e!r}); training has not started"
+                ) from None
         write_json(self.log_dir / RECORD, record)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
