@@ -63,6 +63,13 @@ def dvclive(folder: Path, name: str) -> dict[int, float]:
         }
 
 
+def assert_scalars(acc: EventAccumulator, name: str, logged: dict[int, float]) -> None:
+    """TensorBoard holds each of DVCLive's steps once, with its value (as float32)."""
+    events = acc.Scalars(name)
+    assert [e.step for e in events] == sorted(logged), name
+    assert [e.value for e in events] == [np.float32(logged[s]) for s in sorted(logged)], name
+
+
 def record(folder: Path) -> dict:
     return json.loads((folder / "log" / trackers.RECORD).read_text())
 
@@ -113,11 +120,7 @@ def test_tensorboard_events_read_back_as_dvclive_logged_them(all_three) -> None:
     acc = EventAccumulator(record(folder)["tensorboard"]["dir"])
     acc.Reload()
     for name in ("train/loss", "val/loss", "lr", "grad_norm"):
-        events = acc.Scalars(name)
-        logged = dvclive(folder, name)
-        assert [e.step for e in events] == sorted(logged), name
-        # TensorBoard keeps float32
-        assert [e.value for e in events] == [np.float32(logged[s]) for s in sorted(logged)]
+        assert_scalars(acc, name, dvclive(folder, name))
     assert "tokens_per_s" in acc.Tags()["scalars"] and "system/rss_gb" in acc.Tags()["scalars"]
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
@@ -191,11 +194,21 @@ def test_a_killed_run_resumes_the_same_mlflow_run_and_tensorboard_axis(tmp_path)
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == sorted(logged), name
         assert {m.step: m.value for m in history} == logged, name
-        assert [e.step for e in acc.Scalars(name)] == sorted(logged), name
-        assert [e.value for e in acc.Scalars(name)] == [
-            np.float32(logged[s]) for s in sorted(logged)
-        ]
+        assert_scalars(acc, name, logged)
     assert sorted(dvclive(tmp_path, "train/loss")) == list(range(1, STEPS + 1))
+
+
+@pytest.mark.slow  # two runs in processes of their own: 40 s here (loaded 2-core machine)
+def test_a_tracker_added_to_a_finished_run_gets_dvclives_history(tmp_path) -> None:
+    """train.loggers is not fingerprinted: turned on after the run, the stage resumes the
+    final checkpoint and trains nothing; the new run starts with the steps DVCLive holds."""
+    tracked(tmp_path, [])
+    tracked(tmp_path, ["tensorboard"])
+    acc = EventAccumulator(record(tmp_path)["tensorboard"]["dir"])
+    acc.Reload()
+    for name in ("train/loss", "val/loss", "lr"):
+        logged = dvclive(tmp_path, name)
+        assert_scalars(acc, name, logged)
 
 
 def test_a_missing_package_is_one_line_before_any_work(tmp_path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ install (`make install-trackers`), and `check` names a missing one before any wo
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import os
@@ -290,6 +291,20 @@ class RunInfo:
         self.name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
 
 
+def dvclive_history(log_dir: Path, last: int) -> list[tuple[int, dict[str, float]]]:
+    """The steps up to `last` of the DVCLive log (restored from the checkpoint a run resumes
+    from), in order: what a tracker added on resume gets first, so its run starts at step 1."""
+    steps: dict[int, dict[str, float]] = {}
+    plots = log_dir / "plots" / "metrics"
+    for tsv in sorted(plots.rglob("*.tsv")):
+        key = tsv.relative_to(plots).with_suffix("").as_posix()
+        with tsv.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                if int(row["step"]) <= last:
+                    steps.setdefault(int(row["step"]), {})[key] = float(row[key.split("/")[-1]])
+    return sorted(steps.items())
+
+
 def opening_errors(name: str) -> tuple[type[BaseException], ...]:
     """What a tracker raises when its store or service cannot be used (besides OSError)."""
     if name == "mlflow":
@@ -324,6 +339,9 @@ class Trackers:
         for name, t in self.trackers.items():
             try:
                 record[name] = t.open(before.get(name), info, self.run)
+                if name not in before and info.start > 0:  # added to a run in progress
+                    for step, metrics in dvclive_history(self.log_dir, info.start):
+                        t.log(step, metrics)
             except opening_errors(name) as e:  # a store or service of the user's that fails
                 raise MachineFault(
                     f"train.loggers: {name} could not open its run ({type(e).__name__}: "
