@@ -226,6 +226,15 @@ def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path) -> None:
         trackers.check(["dvclive", "tensorboard"], root)
 
 
+def test_a_run_that_is_gone_is_one_line_in_the_later_stages(tmp_path) -> None:
+    """The record names a run the store does not hold (deleted, or another store)."""
+    (tmp_path / "log").mkdir()
+    gone = {"steps": 8, "mlflow": {"tracking_uri": None, "run_id": "0" * 32}}
+    (tmp_path / "log" / trackers.RECORD).write_text(json.dumps(gone))
+    with pytest.raises(MachineFault, match=r"^mlflow: could not log to the run .*trackers.json"):
+        trackers.log_results(tmp_path / "log", tmp_path / "trackers", {"evaluate/x": 1.0})
+
+
 def test_loggers_keep_dvclive_and_name_each_once() -> None:
     assert train_args().loggers == ["dvclive"]  # params.yaml's default: today's logging
     for bad in (["mlflow"], ["dvclive", "mlflow", "mlflow"], ["dvclive", "neptune"]):

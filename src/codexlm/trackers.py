@@ -102,6 +102,15 @@ def read_record(log_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+class RunInfo:
+    """What every tracker's run is named and tagged with."""
+
+    def __init__(self, params: dict[str, Any], fingerprint: str) -> None:
+        self.params = flat_params(params)
+        self.fingerprint = fingerprint
+        self.name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
+
+
 # --- MLflow ---------------------------------------------------------------------------
 
 
@@ -166,7 +175,9 @@ class Mlflow:
             self.client.set_terminated(self.run_id, "FINISHED" if finished else "KILLED")
 
 
-def mlflow_results(entry: dict, root: Path, step: int, metrics: dict, files: Sequence[Path]):
+def mlflow_results(
+    entry: dict, root: Path, step: int, metrics: dict, files: Sequence[Path]
+) -> None:
     client = mlflow_client(entry["tracking_uri"], root)
     from mlflow.entities import Metric
 
@@ -282,15 +293,6 @@ def wandb_results(entry: dict, metrics: dict, files: Sequence[Path]) -> None:
 # --- the callback and the later stages ------------------------------------------------
 
 
-class RunInfo:
-    """What every tracker's run is named and tagged with."""
-
-    def __init__(self, params: dict[str, Any], fingerprint: str) -> None:
-        self.params = flat_params(params)
-        self.fingerprint = fingerprint
-        self.name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
-
-
 def dvclive_history(log_dir: Path, last: int) -> list[tuple[int, dict[str, float]]]:
     """The steps up to `last` of the DVCLive log (restored from the checkpoint a run resumes
     from), in order: what a tracker added on resume gets first, so its run starts at step 1."""
@@ -370,12 +372,20 @@ def log_results(
     """A later stage's metrics (and files: the model card) into the runs the train stage
     recorded in `log_dir`, at its last step; returns the trackers written to."""
     record = read_record(log_dir)
-    check([n for n in TRACKERS if n in record], root)
+    names = [n for n in TRACKERS if n in record]
+    check(names, root)
     step = record.get("steps", 0)
-    if "mlflow" in record:
-        mlflow_results(record["mlflow"], root, step, metrics, files)
-    if "tensorboard" in record:
-        tensorboard_results(record["tensorboard"], step, metrics, files)
-    if "wandb" in record:
-        wandb_results(record["wandb"], metrics, files)
-    return [n for n in TRACKERS if n in record]
+    for name in names:
+        try:
+            if name == "mlflow":
+                mlflow_results(record[name], root, step, metrics, files)
+            elif name == "tensorboard":
+                tensorboard_results(record[name], step, metrics, files)
+            else:
+                wandb_results(record[name], metrics, files)
+        except opening_errors(name) as e:  # the run was deleted, the store moved, ...
+            raise MachineFault(
+                f"{name}: could not log to the run {log_dir / RECORD} names "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})"
+            ) from None
+    return names
