@@ -47,6 +47,7 @@ def tracked(folder: Path, names: list[str], check: bool = True, **spec) -> int:
     prefix = spec.pop("prefix", [])
     (folder / "spec.json").write_text(json.dumps({"dir": str(folder), "trackers": names, **spec}))
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    env["HOME"] = str(folder / "home")  # to see what a tracker leaves outside its folder
     for k in ("MLFLOW_TRACKING_URI", "WANDB_MODE", "WANDB_DIR"):  # this machine's, not ours
         env.pop(k, None)
     cmd = [*prefix, sys.executable, str(ROOT / "tests/tracked_train.py")]
@@ -161,6 +162,10 @@ def test_wandb_offline_run_reads_back_as_dvclive_logged_it(all_three) -> None:
     assert {k: summary[k] for k in RESULTS} == RESULTS
     assert any(r["type"] == "artifact" for r in later)  # the card
     assert not any(r["type"] == "run" and r["run"].get("entity") for r in train)  # never synced
+    home = folder / "home"  # its staging area, caches and settings stay in trackers/wandb
+    assert not [
+        p for p in (".local/share/wandb", ".cache/wandb", ".config/wandb") if (home / p).exists()
+    ]
 
 
 def test_no_connection_but_loopback_with_every_tracker_on(all_three) -> None:

@@ -243,6 +243,10 @@ def tensorboard_results(entry: dict, step: int, metrics: dict, files: Sequence[P
 def wandb_run(folder: Path, run_id: str, name: str, config: dict | None) -> Any:
     import wandb
 
+    # its staging area, caches and settings beside its runs, not under the home folder
+    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache")):
+        os.environ.setdefault(var, str((folder / sub).resolve()))
+    os.environ.setdefault("WANDB_CONFIG_DIR", str((folder / "config").resolve()))
     settings = wandb.Settings(console="off", silent=True, x_disable_stats=True)
     return wandb.init(
         project=EXPERIMENT,
