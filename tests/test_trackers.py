@@ -231,6 +231,40 @@ def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path) -> None:
         trackers.check(["dvclive", "tensorboard"], root)
 
 
+@pytest.mark.parametrize(
+    ("loggers", "where", "line"),
+    [
+        (
+            ["dvclive", "tensorboard"],
+            "a file",
+            "error: train.loggers: tensorboard writes to trackers/tensorboard, which is not "
+            "writable (Not a directory); free or fix that folder, or drop tensorboard from "
+            "train.loggers",
+        ),
+        (
+            ["mlflow"],
+            None,
+            "error: params.yaml: train.loggers: keep dvclive in the list: "
+            "reports/train is the pipeline's own log (evaluate and `dvc plots` read it); add "
+            "the others beside it (got ['mlflow'])",
+        ),
+    ],
+)
+def test_make_repro_stops_before_dvc_removes_any_output(tmp_path, loggers, where, line) -> None:
+    """stages/check_params.py, which `make repro` runs ahead of `dvc repro`, refuses a tracker
+    that cannot write, and params that drop DVCLive, in one line."""
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copy(ROOT / "versions.yaml", tmp_path)
+    (tmp_path / "corpus").symlink_to(ROOT / "corpus")  # the default data.source
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["train"]["loggers"] = loggers
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    if where == "a file":
+        (tmp_path / "trackers").write_text("")
+    done = run_script("stages/check_params.py", tmp_path)
+    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [line])
+
+
 def test_a_run_that_is_gone_is_one_line_in_the_later_stages(tmp_path) -> None:
     """The record names a run the store does not hold (deleted, or another store)."""
     (tmp_path / "log").mkdir()
