@@ -2,14 +2,18 @@
 runs. `make repro` calls it ahead of `dvc repro`, which removes a stage's outputs before running
 it: a mistake found here costs no output."""
 
+from pathlib import Path
+
 from codexlm import params
 from codexlm.errors import run_stage
 from codexlm.model import check_arch
+from codexlm.trackers import check as check_trackers
 
 
 def main() -> None:
     p = params.load()
     check_arch(p.model)  # needs transformers, which params.py (in every stage) does not import
+    check_trackers(p.train.loggers, Path("trackers"))  # packages installed, folders writable
     print("check: params.yaml is valid")
 
 

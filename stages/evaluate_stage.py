@@ -28,9 +28,18 @@ from codexlm.evaluate import (
 )
 from codexlm.live import open_live
 from codexlm.model import load_model, load_trained
+from codexlm.trackers import log_results
 
 OUT = Path("reports/evaluate")
 TRAIN_LOG = Path("reports/train")
+TRACKERS = Path("trackers")  # the train stage's MLflow, TensorBoard and W&B runs, if any
+
+
+def to_trackers(metrics: dict[str, float]) -> None:
+    """The metrics into the runs train.loggers started (reports/train/trackers.json)."""
+    written = log_results(TRAIN_LOG, TRACKERS, {f"evaluate/{k}": v for k, v in metrics.items()})
+    if written:
+        print(f"evaluate: metrics logged to {', '.join(written)}")
 
 
 def main() -> None:
@@ -65,9 +74,11 @@ def main() -> None:
     extra = {"train_tokens_per_s": train_summary.get("tokens_per_s", 0.0)}
 
     live = open_live(OUT, None)
-    for k, v in headline_metrics(results, extra["train_tokens_per_s"]).items():
+    headline = headline_metrics(results, extra["train_tokens_per_s"])
+    for k, v in headline.items():
         live.log_metric(k, v, plot=False)
     live.make_summary()
+    to_trackers(headline)
     plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
     plot_loss_by_position(results, OUT / "loss_by_position.png")
     write_json(OUT / "details.json", split_details(results))
@@ -108,6 +119,7 @@ def evaluate_examples(p: params.Params, model, tok, meta: dict, device: torch.de
     for k, v in metrics.items():
         live.log_metric(k, v, plot=False)
     live.make_summary()
+    to_trackers(metrics)
     plot_loss_curves(TRAIN_LOG, OUT / "loss_curves.png")
     samples_md = sft_eval.samples_markdown(answers)
     write_text(OUT / "samples.md", samples_md)

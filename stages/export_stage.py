@@ -15,9 +15,10 @@ from codexlm.errors import run_stage
 from codexlm.export.card import pipeline_card
 from codexlm.export.gguf import file_name as gguf_file_name
 from codexlm.export.hf import ParityError, check_gguf, export
+from codexlm.trackers import log_results
 
 NAME = "codexlm"
-TRAINED = Path("models/trained")
+TRAINED, OUT = Path("models/trained"), Path("models/export")
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     try:
         diffs = export(
             TRAINED,
-            Path("models/export"),
+            OUT,
             lora_base,
             p.export.merge_lora,
             p.model.context,
@@ -52,6 +53,10 @@ def main() -> None:
         raise SystemExit(f"error: export: {e}") from None
     checked = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
     print(f"export: models/export written; read-back max |logit diff|: {checked}")
+    # the card into the runs train.loggers started (reports/train/trackers.json), if any
+    written = log_results(Path("reports/train"), Path("trackers"), {}, [OUT / "README.md"])
+    if written:
+        print(f"export: model card logged to {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -20,15 +20,18 @@ from codexlm.errors import UserError, run_stage
 from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout
 from codexlm.packing import Split
+from codexlm.trackers import Trackers, check
 from codexlm.train import Interrupted, NonFiniteError, Run, train
 
 TOKENS, REPORTS = Path("data/tokens"), Path("reports/train")
 SPLITS = ("train", "val")
+TRACKERS = Path("trackers")  # MLflow, TensorBoard and W&B runs: git- and dvc-ignored
 
 
 def main() -> None:
     p = params.load()
     provenance.check_environment()  # after params: their mistakes are the commonest
+    check(p.train.loggers, TRACKERS)  # a missing package or folder: before any work
     parallel.relaunch(p.train.nproc, __file__)
     meta = json.loads((TOKENS / "meta.json").read_text())
     kind = datakind.of_meta(meta)
@@ -44,6 +47,8 @@ def main() -> None:
     if kind == datakind.EXAMPLES:
         examples_left(tokens, p.model.context, d.main)
     reporters = [ProgressBar(), LiveLogger(REPORTS)]
+    if len(p.train.loggers) > 1:  # after DVCLive's: a fresh folder is cleared first
+        reporters.append(Trackers(p.train.loggers, TRACKERS, REPORTS, p.model_dump(), fp))
     try:
         summary = train(model, *tokens, p.train, run, reporters)
     except Interrupted as e:  # a checkpoint was written: `dvc repro` resumes it

@@ -48,6 +48,7 @@ LAYERS: dict[str, set[str]] = {
         "optim",
         "parallel",
         "live",
+        "trackers",
         "generate",
         "checkpoint",
         "checkpoint.files",

@@ -307,6 +307,21 @@ class Train(_Block):
     # there), in training, validation and evaluate's scoring alike; instruction rows keep
     # attention within each example anyway
     doc_mask: bool
+    # who gets the params and metrics: DVCLive (reports/train, which evaluate and `dvc plots`
+    # read) and any of MLflow, TensorBoard, W&B, local and offline (codexlm.trackers)
+    loggers: list[Literal["dvclive", "mlflow", "tensorboard", "wandb"]] = _resumes_across()
+
+    @field_validator("loggers")
+    @classmethod
+    def _dvclive_and_each_once(cls, v: list[str]) -> list[str]:
+        if "dvclive" not in v:
+            raise ValueError(
+                "keep dvclive in the list: reports/train is the pipeline's own log (evaluate "
+                f"and `dvc plots` read it); add the others beside it (got {v})"
+            )
+        if len(set(v)) < len(v):
+            raise ValueError(f"each logger once (got {v})")
+        return v
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
