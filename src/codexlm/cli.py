@@ -249,10 +249,10 @@ def serve(a: argparse.Namespace) -> None:
         raise UserError(f"--host/--port: cannot listen on {a.host}:{a.port}: {e.strerror}") from e
 
 
-def code_eval(a: argparse.Namespace) -> None:
+def code_eval(args: list[str]) -> None:
     from codexlm.codeeval.scoring import main as score
 
-    code = score(a.args, prog="codexlm code-eval")
+    code = score(args, prog="codexlm code-eval")
     if code:
         sys.exit(code)
 
@@ -322,16 +322,16 @@ def info(a: argparse.Namespace) -> None:
             print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
 
 
-COMMANDS = {
-    "generate": generate,
-    "chat": chat,
-    "serve": serve,
-    "code-eval": code_eval,
-    "info": info,
-}
+COMMANDS = {"generate": generate, "chat": chat, "serve": serve, "info": info}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["code-eval"]:
+        # every argument is the scorer's, --help included (argparse's REMAINDER drops a
+        # leading flag)
+        run_stage(lambda: code_eval(argv[1:]))
+        return
     a = parser().parse_args(argv)
     run_stage(lambda: COMMANDS[a.command](a))
 
