@@ -6,8 +6,15 @@ scorer. `codexlm chat` through a pipe is in tests/test_serve.py (against the ser
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import openai
 import pytest
 import tomllib
 import torch
@@ -102,3 +109,39 @@ def test_info_describes_the_folder(folder: Path, capsys) -> None:  # noqa: F811
     assert found["end_of_turn"] == "<|im_end|>"
     code, out, _ = run(["info", str(folder)], capsys)
     assert "architecture: LlamaForCausalLM" in out and "end_of_turn: <|im_end|>" in out
+
+
+@pytest.mark.slow  # a process of its own: torch and transformers imported again (~10 s)
+def test_serve_listens_on_loopback_with_its_key(folder: Path, tmp_path: Path) -> None:  # noqa: F811
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "codexlm", "serve", str(folder), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--api-key", "k", "--name", "tiny"], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                    assert json.loads(r.read())["model"] == "tiny"
+                break
+            except urllib.error.URLError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0)
+        r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=16, temperature=0)
+        model, tok = engine.load(folder, torch.device("cpu"))
+        (expected,) = complete(
+            model, tok, [PROMPT], max_new_tokens=16, stops=(), batch_size=1, temperature=0.0,
+            top_p=1.0, seed=0, device=torch.device("cpu"),
+        ).raw  # fmt: skip
+        assert r.choices[0].text == expected
+    finally:
+        proc.terminate()  # SIGTERM: aiohttp's graceful exit
+        assert proc.wait(timeout=60) == 0

@@ -97,7 +97,7 @@ class Choice:
     finish_reason: str  # "stop" (an end token or a stop sequence), "length", "cancelled"
     prompt_tokens: int
     completion_tokens: int
-    ids: list[int]  # the new tokens that made the text
+    ids: list[int]  # the new tokens (with logprobs: those that made the text)
     logprobs: TokenLogprobs | None = None
 
 
@@ -158,9 +158,8 @@ class _Rows(BaseStreamer):
             row = self.rows[i]
             if row.finish is not None:
                 continue  # generate pads a finished row while the others go on
-            text = self.tok.decode(row.ids, skip_special_tokens=True)
             if token in self.spec.ends:
-                self._finish(i, text, "stop")
+                self._finish(i, self.tok.decode(row.ids, skip_special_tokens=True), "stop")
                 continue
             row.ids.append(token)
             text = self.tok.decode(row.ids, skip_special_tokens=True)
@@ -323,9 +322,9 @@ class Engine:
         logits: torch.Tensor | None,
     ) -> Choice:
         assert row.text is not None and row.finish is not None
-        ids = self._ids_of_text(row)
-        lp = None
+        ids, lp = row.ids, None
         if spec.logprobs is not None:
+            ids = self._ids_of_text(row)
             new = _logprobs(self.tok, ids, logits, spec.logprobs, False) if ids else None
             if prompt_lp is not None:
                 lp = prompt_lp
@@ -341,12 +340,17 @@ class Engine:
         return Choice(row.text, row.finish, len(spec.ids), len(row.ids), ids, lp)
 
     def _ids_of_text(self, row: _Row) -> list[int]:
-        """The new tokens that made the row's text: those up to where it was cut."""
+        """The new tokens that made the row's text (the fewest whose text covers it: a stop
+        sequence cut the text inside the last token's, or before it)."""
         assert row.text is not None
-        for k in range(len(row.ids) + 1):
-            if len(self.tok.decode(row.ids[:k], skip_special_tokens=True)) >= len(row.text):
-                return row.ids[:k]
-        return list(row.ids)
+        lo, hi = 0, len(row.ids)  # decoded length grows with the tokens: bisect
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.tok.decode(row.ids[:mid], skip_special_tokens=True)) >= len(row.text):
+                hi = mid
+            else:
+                lo = mid + 1
+        return row.ids[:lo]
 
 
 @dataclass
