@@ -266,6 +266,7 @@ BAD = {
     "wrong type": ("/v1/completions", good(temperature="hot"), 400, "invalid_type"),
     "unsupported field": ("/v1/completions", good(logit_bias={"1": 5}), 400, "unsupported"),
     "token id past the vocabulary": ("/v1/completions", good(prompt=[10**6]), 400, None),
+    "empty prompt": ("/v1/completions", good(prompt=""), 400, None),
     "special text in a message": (
         "/v1/chat/completions",
         json.dumps(
@@ -293,6 +294,22 @@ def test_a_bad_request_gets_its_4xx_and_the_server_goes_on(url, client, case: st
     assert error["error"]["code"] == code and "Traceback" not in error["error"]["message"]
     assert client.completions.create(model=NAME, prompt="x", max_tokens=2).usage.total_tokens
     assert health(url)["failed"] == 0
+
+
+def test_a_request_failing_in_the_worker_fails_alone(worker) -> None:
+    """A token id past the embeddings, sent past the server's own check: the model raises,
+    that request gets the error, a streamed one an error event, and the worker goes on."""
+    mine = engine.Worker(worker.engine)  # a worker of its own: its counts are this test's
+    try:
+        bad = engine.Spec([10**6], 1, 2, 0.0, 1.0, 0, (), worker.engine.eos)
+        with pytest.raises(IndexError):
+            mine.submit([bad]).future.result(timeout=120)
+        ok = engine.Spec(worker.engine.encode(PROMPT), 1, 4, 0.0, 1.0, 0, (), worker.engine.eos)
+        (choice,) = mine.submit([ok]).future.result(timeout=120)
+        assert choice.completion_tokens == 4
+        assert (mine.stats["failed"], mine.stats["served"], mine.stats["running"]) == (1, 1, 0)
+    finally:
+        mine.close()
 
 
 def test_the_client_sees_openai_errors(client) -> None:

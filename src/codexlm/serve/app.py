@@ -204,9 +204,9 @@ async def _stream(
     except (ConnectionResetError, asyncio.CancelledError):
         ticket.cancelled.set()  # the client went away: free the worker for the next request
         raise
-    except (RuntimeError, ValueError, IndexError) as e:  # the worker could not run it
+    except Exception as e:  # the worker could not run it (logged there with its traceback)
         log.error("stream %s failed: %s", rid, e)
-        await send(protocol.error_body(f"generation failed: {e}", "server_error"))
+        await send(protocol.error_body("generation failed (see the server's log)", "server_error"))
     finally:
         ticket.cancelled.set()
     return response
@@ -237,6 +237,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     seed = _seed(s)
     for p in req.prompts:
         ids = engine.encode(p) if isinstance(p, str) else p
+        if not ids:
+            raise RequestError(400, "prompt: empty (no tokens to continue)", "prompt")
         if not isinstance(p, str) and not all(0 <= t < vocab for t in p):
             raise RequestError(400, f"prompt: token ids must be in [0, {vocab})", "prompt")
         texts.append(p if isinstance(p, str) else engine.tok.decode(p))

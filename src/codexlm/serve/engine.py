@@ -11,6 +11,7 @@ returned) or at the first end token."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from transformers.utils import logging as hf_logging
 from codexlm import chat
 from codexlm.errors import UserError
 
+log = logging.getLogger("codexlm.serve")
 # on_delta(choice index, text): called on the worker thread as each piece becomes final
 OnDelta = Callable[[int, str], None]
 
@@ -393,9 +395,11 @@ class Worker:
             self._count(queued=-1, running=1)
             try:
                 choices = self.engine.run(specs, on_delta, ticket.cancelled, echo_logprobs)
-            except (RuntimeError, ValueError, IndexError) as e:
-                # a request the model could not run (out of memory, a token id past the
-                # vocabulary): that request fails, the worker goes on with the next one
+            except Exception as e:
+                # a request the model could not run (out of memory, or a bug here): that
+                # request fails with it (the server logs it, its client gets a 500), and
+                # the worker goes on with the next one instead of dying with the thread
+                log.exception("request failed in the model worker")
                 self._count(running=-1, failed=1)
                 ticket.future.set_exception(e)
                 continue
