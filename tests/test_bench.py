@@ -193,3 +193,23 @@ def test_speedrun_round_two_baseline_is_params_yaml() -> None:
     vocab, model, train = speedrun.configure(p, speedrun.ROUNDS[2][0])
     assert vocab == p.tokenizer.vocab_size
     assert model == p.model and train == p.train
+
+
+def test_serve_bench_puts_the_server_beside_generate() -> None:
+    """A 1 x 32 random model, 2 prompts of 4 tokens, 1 and 2 streams: every row measured,
+    the ratios are of those rows, the machine and its load are printed with them."""
+    cmd = [sys.executable, "bench/serve.py", "--small", "--tokens", "4", "--prompts", "2"]
+    proc = run([*cmd, "--streams", "1,2", "--rounds", "1"], cwd=ROOT)
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    rows, ratios = summary["rows"], summary["ratios"]
+    keys = {"generate, batch 1", "server, 1 stream", "server, 2 streams", "generate, batch 2"}
+    assert set(rows) == keys
+    # greedy, one row at a time, on the same prompts and budget: the same tokens (a batch of
+    # two is padded, which may change a greedy pick)
+    alone = [rows[k]["tokens"] for k in sorted(keys - {"generate, batch 2"})]
+    assert len(set(alone)) == 1 and alone[0] > 0
+    one, lib = rows["server, 1 stream"], rows["generate, batch 1"]
+    assert ratios["overhead_1_stream"] == pytest.approx(lib["tokens_per_s"] / one["tokens_per_s"])
+    assert one["ttft_s"] > 0 and rows["server, 2 streams"]["ttft_max_s"] > 0
+    assert proc.stdout.startswith("machine: ") and "load average before" in proc.stdout
+    assert len(summary["load_average"]["before"]) == 3

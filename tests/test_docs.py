@@ -10,6 +10,7 @@ here: their names, paths and options are checked, and the end-to-end tests run w
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -36,7 +37,7 @@ INLINE = re.compile(r"`([^`\n]+)`")
 REPO_PATH = re.compile(r"(?<![\w./-])((?:stages|src|tools|bench|tests|docs)/[\w./-]*\w)(::\w+)?")
 PARAM_SET = re.compile(r"-S\s+'?([a-z_]+(?:\.[a-z_]+)?)=")
 # how a command a reader is told to run starts
-STARTS = ("make ", "python ", ".venv/bin/", "bash ", "dvc ", "torchrun ")
+STARTS = ("make ", "python ", ".venv/bin/", "bash ", "dvc ", "torchrun ", "codexlm ")
 
 
 def rel(page: Path) -> str:
@@ -247,11 +248,39 @@ def problems(command: str) -> list[str]:
         source = (ROOT / script).read_text()
         options = [w.split("=")[0] for w in argv[argv.index(script) + 1 :] if w.startswith("--")]
         found += [f"{script} {o}: no such option" for o in options if f'"{o}"' not in source]
+    found += codexlm_problems(argv)
     keys = leaf_keys()
     for key in PARAM_SET.findall(command):
         if key not in keys:
             found.append(f"-S {key}: no such param")
     return found
+
+
+def codexlm_problems(argv: list[str]) -> list[str]:
+    """A `codexlm` command's subcommand and flags exist (code-eval's are the scorer's)."""
+    from codexlm import cli
+
+    at = next(
+        (i for i, w in enumerate(argv) if w == "codexlm" and (i == 0 or argv[i - 1] == "-m")),
+        None,
+    )
+    if at is None:  # not the command (`gto register codexlm`, `python -m codexlm.codeeval`)
+        return []
+    rest = argv[at + 1 :]
+    subparsers = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if not rest:  # the command named in prose
+        return []
+    if rest[0] not in subparsers.choices:
+        return [f"codexlm {rest[0]}: no such command"]
+    sub = subparsers.choices[rest[0]]
+    if rest[0] == "code-eval":
+        from codexlm.codeeval import scoring
+
+        flags = set(re.findall(r'"(--[\w-]+)"', Path(scoring.__file__).read_text()))
+    else:
+        flags = {o for a in sub._actions for o in a.option_strings}
+    used = [w.split("=")[0] for w in rest[1:] if w.startswith("--")]
+    return [f"codexlm {rest[0]} {f}: no such option" for f in used if f not in flags]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
@@ -283,6 +312,11 @@ def test_the_command_checks_fail_on_what_does_not_exist() -> None:
     ]
     assert problems("dvc exp run -S train.lrr=1") == ["-S train.lrr: no such param"]
     assert problems("python stages/nothing.py") == ["stages/nothing.py: no such file"]
+    assert problems("codexlm serve models/export --port 1") == []
+    assert problems("codexlm serve models/export --prot 1") == [
+        "codexlm serve --prot: no such option"
+    ]
+    assert problems("codexlm train models/export") == ["codexlm train: no such command"]
 
 
 # -- snippets that run -------------------------------------------------------------------------

@@ -8,7 +8,8 @@ layer the cycle check keeps the order):
 - parts: one concept each, interchangeable parts a step composes (a record format, the chat
   template, batches, the model, the loss, the optimizer, checkpoints, the sandbox, ...)
 - steps: what a stage or a command calls: prepare's corpus, tokenize, the training loop,
-  evaluation, the export, the code-eval scoring, the recipes
+  evaluation, the export, the code-eval scoring, the recipes, the serving engine
+- commands: what a user runs on top of the steps: the `codexlm` command and its server
 
 A new module goes in LAYERS, where its imports say it belongs.
 """
@@ -61,6 +62,8 @@ LAYERS: dict[str, set[str]] = {
         "export",
         "export.card",
         "export.gguf",
+        "serve",
+        "serve.protocol",
     },
     "steps": {
         "corpus",
@@ -73,7 +76,9 @@ LAYERS: dict[str, set[str]] = {
         "codeeval.scoring",
         "codeeval.__main__",
         "codeeval.plus",
+        "serve.engine",
     },
+    "commands": {"cli", "__main__", "serve.app"},
 }
 
 

