@@ -61,6 +61,10 @@ LAYERS: dict[str, set[str]] = {
         "export",
         "export.card",
         "export.gguf",
+        "tasks",
+        "logprobs",
+        "grpo",
+        "dpo",
     },
     "steps": {
         "corpus",
@@ -73,6 +77,8 @@ LAYERS: dict[str, set[str]] = {
         "codeeval.scoring",
         "codeeval.__main__",
         "codeeval.plus",
+        "rewards",
+        "rollout",
     },
 }
 
