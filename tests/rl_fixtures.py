@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT, model_args
 
 from codexlm.model import build_model
-from codexlm.tasks import load_tasks
+from codexlm.rl.tasks import load_tasks
 from codexlm.tokenizer import train_bpe
 
 TRAIN = ROOT / "tasks" / "train.jsonl"

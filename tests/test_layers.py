@@ -61,10 +61,12 @@ LAYERS: dict[str, set[str]] = {
         "export",
         "export.card",
         "export.gguf",
-        "tasks",
-        "logprobs",
-        "grpo",
-        "dpo",
+        "rl",
+        "rl.tasks",
+        "rl.pairs",
+        "rl.logprobs",
+        "rl.grpo",
+        "rl.dpo",
     },
     "steps": {
         "corpus",
@@ -77,8 +79,9 @@ LAYERS: dict[str, set[str]] = {
         "codeeval.scoring",
         "codeeval.__main__",
         "codeeval.plus",
-        "rewards",
-        "rollout",
+        "rl.rewards",
+        "rl.rollout",
+        "rl.loop",
     },
 }
 

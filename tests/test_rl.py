@@ -10,9 +10,9 @@ import pytest
 import torch
 from rl_fixtures import model, tokenizer
 
-from codexlm import grpo
-from codexlm.logprobs import Rows, rows_of, token_logprobs
-from codexlm.rollout import sample
+from codexlm.rl import grpo
+from codexlm.rl.logprobs import Rows, rows_of, token_logprobs
+from codexlm.rl.rollout import sample
 
 # fp32 on CPU: the KV-cached sampler and the full forward sum in other orders
 LOGPROB_ATOL = 1e-5
@@ -37,7 +37,7 @@ def toy_rows() -> tuple[Rows, list[list[int]], list[list[int]]]:
     sides."""
     tok = tokenizer()
     prompts = [tok("def add_3(x: int) -> int:\n").input_ids, tok("def f(s):\n").input_ids]
-    completions = [tok("    return x + 3\n").input_ids, tok("    return 0").input_ids]
+    completions = [tok("\n    return x + 3\n").input_ids, tok("    return 0").input_ids]
     ps = [prompts[0], prompts[0], prompts[1], prompts[1]]
     cs = [completions[0], completions[1], completions[1], completions[0][:3]]
     return rows_of(ps, cs, tok.pad_token_id), ps, cs

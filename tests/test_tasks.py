@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from codexlm import rewards as rw
-from codexlm import tasks
 from codexlm.codeeval import cases, decontam, sandbox, scoring
 from codexlm.errors import MachineFault, UserError
+from codexlm.rl import rewards as rw
+from codexlm.rl import tasks
 
 TOOL = ROOT / "tools" / "tasks.py"
 LIMITS = sandbox.Limits(timeout_s=2.0, memory_mb=512)
@@ -28,7 +28,7 @@ def committed(split: str) -> list[tasks.Problem]:
 
 def test_committed_files_are_the_generators_output(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(TOOL), "--out", str(tmp_path)], check=True, cwd=ROOT)
-    for split in ("train", "test"):
+    for split in ("train", "test", "pairs"):
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (
             ROOT / "tasks" / f"{split}.jsonl"
         ).read_bytes(), f"tasks/{split}.jsonl is stale: run make tasks"
@@ -52,8 +52,8 @@ def judge() -> scoring.Judge:
     sb = sandbox.probe(LIMITS)
     sandbox.require(sb, "full")
     per_family = {}
-    for t in committed("test"):
-        per_family.setdefault(t.entry_point.split("_")[0], t)
+    for t in committed("test") + committed("train"):
+        per_family.setdefault((t.task_id.split("/")[1], t.entry_point.split("_")[0]), t)
     return scoring.make_judge(list(per_family.values()), sb, LIMITS, workers=2)
 
 
@@ -65,11 +65,11 @@ def test_rewards_of_known_good_and_known_bad_programs(judge: scoring.Judge) -> N
     assert rw.rewards(judge, good, "fraction")[0] == [1.0] * len(ids)
     first = ids[0]
     bad = {
-        "syntax": "    return (\n",
-        "raises": "    raise ValueError('no')\n",
-        "loops": "    while True:\n        pass\n",
-        "exits": "    import os\n    os._exit(0)\n",
-        "none": "    return None\n",
+        "syntax": "\n    return (\n",
+        "raises": "\n    raise ValueError('no')\n",
+        "loops": "\n    while True:\n        pass\n",
+        "exits": "\n    import os\n    os._exit(0)\n",
+        "none": "\n    return None\n",
     }
     r, results = rw.rewards(judge, [(first, c) for c in bad.values()], "fraction")
     assert r == [0.0] * len(bad), [x.status for x in results]
@@ -80,7 +80,7 @@ def test_fraction_counts_the_asserts_that_held(judge: scoring.Judge) -> None:
     p = next(p for p in judge.problems.values() if p.entry_point.startswith(("clamp", "clip")))
     lo = p.canonical_solution.split("max(")[1].split(",")[1].split(")")[0].strip()
     # clamping only from below: right on the asserts whose expected value is not the top
-    completion = f"    return max({p.prompt.split('(')[1].split(':')[0]}, {lo})\n"
+    completion = f"\n    return max({p.prompt.split('(')[1].split(':')[0]}, {lo})\n"
     (res,) = scoring.judge(judge, [(p.task_id, completion)])
     assert res.judged == "cases" and res.cases_total == tasks.N_CASES
     assert rw.reward_of(res, "fraction") == res.cases_passed / tasks.N_CASES
@@ -108,3 +108,13 @@ def test_a_task_without_tests_is_one_line(tmp_path: Path) -> None:
         tasks.load_tasks(str(path), "grpo.tasks")
     with pytest.raises(UserError, match="is not a file of tasks"):
         tasks.load_tasks(str(tmp_path / "none.jsonl"), "grpo.tasks")
+
+
+def test_builtin_pairs_prefer_a_passing_solution_to_a_failing_one(judge) -> None:
+    rows = [json.loads(x) for x in (ROOT / "tasks" / "pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == 600 and all(r["chosen"] != r["rejected"] for r in rows)
+    ours = [r for r in rows if r["task_id"] in judge.problems]
+    assert len(ours) >= 8
+    chosen, _ = rw.rewards(judge, [(r["task_id"], r["chosen"]) for r in ours], "pass")
+    rejected, _ = rw.rewards(judge, [(r["task_id"], r["rejected"]) for r in ours], "pass")
+    assert chosen == [1.0] * len(ours) and rejected == [0.0] * len(ours)

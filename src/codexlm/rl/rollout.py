@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteriaList
 from codexlm.codeeval.scoring import truncate
 from codexlm.errors import UserError
 from codexlm.generate import _StopPerSequence  # the same per-row stop as evaluation's
-from codexlm.logprobs import Rows, rows_of
+from codexlm.rl.logprobs import Rows, rows_of
 
 
 @dataclass(frozen=True)
