@@ -33,7 +33,7 @@ from codexlm.codeeval import scoring
 from codexlm.generate import complete
 from codexlm.hashing import fingerprint
 from codexlm.intervals import interval_seconds
-from codexlm.model import count_params
+from codexlm.model import context_limit, count_params
 from codexlm.optim import build_optimizer, lr_at, set_lr, state_bytes
 from codexlm.rl import dpo, grpo
 from codexlm.rl.logprobs import Rows, rows_of, sequence_logprobs, token_logprobs
@@ -129,7 +129,7 @@ def grpo_step(model, ref, tok, opt, tasks, judge, g: Grpo, cfg: Train, stops, se
     ro = sample(
         model, tok, prompts, max_new_tokens=g.max_new_tokens, stops=stops,
         temperature=g.temperature, top_p=g.top_p, seed=seed * 7919 + step * 104729,
-        batch_size=len(prompts), device=device,
+        batch_size=len(prompts), device=device, limit=context_limit(model),
     )  # fmt: skip
     ids = [t.task_id for t in chosen for _ in range(g.group_size)]
     r, results = rewards(judge, list(zip(ids, ro.texts, strict=True)), g.reward)

@@ -58,15 +58,19 @@ def sample(
     seed: int,
     batch_size: int,
     device: torch.device,
+    limit: int | None = None,
 ) -> Rollouts:
     """One sampled completion per prompt (repeat a prompt G times for a group), in order;
-    the same seed, prompts and batch size give the same completions."""
+    the same seed, prompts and batch size give the same completions. A prompt is cut to its
+    last tokens so that it and max_new_tokens fit `limit` positions (as evaluation cuts)."""
     if tok.pad_token_id is None or tok.eos_token_id is None:
         raise UserError("model.init: its tokenizer needs a pad and an end token to sample rollouts")
     pad, ends = tok.pad_token_id, [tok.eos_token_id]
     was_training = model.training
     model.eval()
     prompt_ids = [tok(p).input_ids for p in prompts]
+    if limit is not None:
+        prompt_ids = [x[-(limit - max_new_tokens) :] for x in prompt_ids]
     completions: list[list[int]] = []
     logps: list[list[float]] = []
     for b in range(0, len(prompts), batch_size):
