@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-trackers repro test test-slow test-all lint format bench clean stdlib verify-lock recipe instruct sft
+.PHONY: install install-trackers repro test test-slow test-all lint format bench clean stdlib verify-lock recipe instruct sft tasks sft-tasks rl pairs dpo
 
 install: $(STAMP)
 
@@ -84,6 +84,46 @@ sft: instruct
 	test -f models/export/config.json || { echo "run make repro first: models/export is the base"; exit 2; }
 	rm -rf models/base && cp -r models/export models/base
 	$(BIN)/dvc exp run $(SFT_PARAMS) export  # codeeval (HumanEval completions) is for code models
+
+# learning from execution (docs/rl.md): the built-in task set (tasks/, committed) and its
+# train split's solved programs as text (data/tasks-text.jsonl), for the supervised start
+tasks: $(STAMP)
+	$(BIN)/python tools/tasks.py --text data/tasks-text.jsonl
+
+# the data params shared by the three runs on the task set: its text is small, so prepare and
+# tokenize take seconds; one validation batch (the split holds ~120 short programs)
+TASKS_DATA := -S data.source=data/tasks-text.jsonl -S data.format=text -S data.min_chars=16 \
+  -S data.near_dup_threshold=1.0 -S data.val_fraction=0.2 -S train.eval_batches=1 \
+  -S train.optimizer=adamw -S train.compile=false -S train.batch_size=16
+# supervised tuning of the default export on the solved train tasks: one `dvc exp run`;
+# its export is copied to models/sft, the start (and the reference) of GRPO and DPO
+SFT_TASKS_PARAMS := $(TASKS_DATA) -S model.init=models/base -S train.lr=2e-3 \
+  -S train.steps=300 -S train.warmup_steps=20
+sft-tasks: tasks
+	test -f models/export/config.json || { echo "run make repro first: models/export is the base"; exit 2; }
+	rm -rf models/base && cp -r models/export models/base
+	$(BIN)/dvc exp run $(SFT_TASKS_PARAMS) export
+	rm -rf models/sft && cp -r models/export models/sft
+
+# GRPO from models/sft with rewards from the sandboxed judge: one `dvc exp run`
+RL_PARAMS := $(TASKS_DATA) -S model.init=models/sft -S train.objective=grpo -S train.lr=5e-4 \
+  -S train.min_lr=5e-5 -S train.steps=40 -S train.warmup_steps=0 -S train.log_every=1 \
+  -S train.checkpoint_every=10 -S train.schedule=cosine -S train.weight_decay=0.0
+rl: tasks
+	test -f models/sft/config.json || { echo "run make sft-tasks first: models/sft is the start"; exit 2; }
+	$(BIN)/dvc exp run $(RL_PARAMS) export
+
+# DPO pairs from models/sft's own sampled completions of the train tasks, judged
+pairs: tasks
+	test -f models/sft/config.json || { echo "run make sft-tasks first: models/sft samples the pairs"; exit 2; }
+	$(BIN)/python tools/pairs.py --model models/sft --tasks tasks/train.jsonl --out data/pairs.jsonl
+
+DPO_PARAMS := $(TASKS_DATA) -S model.init=models/sft -S train.objective=dpo -S train.lr=5e-4 \
+  -S train.min_lr=5e-5 -S train.steps=60 -S train.warmup_steps=0 -S train.log_every=5 \
+  -S train.checkpoint_every=20 -S train.schedule=cosine -S train.weight_decay=0.0 \
+  -S dpo.pairs=data/pairs.jsonl
+dpo: pairs
+	$(BIN)/dvc exp run $(DPO_PARAMS) export
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -9,17 +9,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import json
+from functools import partial
 
 import torch
+from transformers import AutoTokenizer
 
 from codexlm import datakind, parallel, params, provenance
 from codexlm.batches import check_splits, load_split
 from codexlm.callbacks import ProgressBar
 from codexlm.checkpoint.policy import run_fingerprint
+from codexlm.codeeval import sandbox, scoring
 from codexlm.errors import UserError, run_stage
+from codexlm.hashing import file_sha256, fingerprint
 from codexlm.live import LiveLogger
 from codexlm.model import model_for, save_model, uses_dropout
 from codexlm.packing import Split
+from codexlm.rl import loop
+from codexlm.rl.pairs import load_pairs
+from codexlm.rl.tasks import load_tasks
 from codexlm.trackers import Trackers, check
 from codexlm.train import Interrupted, NonFiniteError, Run, train
 
@@ -42,15 +49,22 @@ def main() -> None:
     blocks = p.model.model_dump(), p.lora.model_dump(), p.train.model_dump()
     resumes_across = params.not_fingerprinted(params.Train)
     fp = run_fingerprint(p.seed, *blocks, meta, uses_dropout(model), resumes_across)
+    if p.train.objective != "lm":  # what GRPO and DPO train on, and how they are judged
+        fp = fingerprint({"lm": fp, **rl_identity(p)})
     run = Run(p.seed, p.model.context, Path("models/checkpoints"), fp, d, REPORTS, meta["eot_id"])
-    tokens = [load_split(TOKENS, meta, s, p.model.context, p.train.loss_on) for s in SPLITS]
-    if kind == datakind.EXAMPLES:
-        examples_left(tokens, p.model.context, d.main)
     reporters = [ProgressBar(), LiveLogger(REPORTS)]
     if len(p.train.loggers) > 1:  # after DVCLive's: a fresh folder is cleared first
         reporters.append(Trackers(p.train.loggers, TRACKERS, REPORTS, p.model_dump(), fp))
     try:
-        summary = train(model, *tokens, p.train, run, reporters)
+        if p.train.objective == "lm":
+            tokens = [load_split(TOKENS, meta, s, p.model.context, p.train.loss_on) for s in SPLITS]
+            if kind == datakind.EXAMPLES:
+                examples_left(tokens, p.model.context, d.main)
+            summary = train(model, *tokens, p.train, run, reporters)
+            done = f"val loss {summary['val_loss']:.4f}, {summary['tokens_seen']:,} tokens"
+        else:
+            summary = learn_from_execution(p, model, run, reporters)
+            done = f"held-out pass@1 {summary['eval/pass@1']:.4f} ± {summary['eval/pass@1_se']:.4f}"
     except Interrupted as e:  # a checkpoint was written: `dvc repro` resumes it
         print(f"train: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -59,10 +73,46 @@ def main() -> None:
     trained = parallel.gathered(model, p.train.strategy, d.main)  # unsharded, on rank 0
     if trained is not None:
         save_model(trained, Path("models/tokenizer"), Path("models/trained"))
-        print(f"train: done, val loss {summary['val_loss']:.4f}, {summary['tokens_seen']:,} tokens")
+        print(f"train: done, {done}")
     if d.world > 1:
         torch.distributed.barrier()  # the others wait until rank 0 has written the outputs
         torch.distributed.destroy_process_group()
+
+
+def rl_identity(p: params.Params) -> dict:
+    """What a GRPO or DPO run's weights depend on besides the lm fingerprint's params."""
+    c = p.codeeval
+    judge = {k: getattr(c, k) for k in ("stop", "timeout_s", "memory_mb", "sandbox", "batch_size")}
+    files = [p.grpo.tasks, p.grpo.eval_tasks] + (
+        [p.dpo.pairs] if p.train.objective == "dpo" else []
+    )
+    return {"objective": p.train.objective, "grpo": p.grpo.model_dump(), "dpo": p.dpo.model_dump(),
+            "judge": judge, "files": {f: file_sha256(Path(f)) for f in files}}  # fmt: skip
+
+
+def learn_from_execution(p: params.Params, model, run: Run, reporters: list) -> dict:
+    """GRPO or DPO (docs/rl.md): tasks, the sandboxed judge, the reference, the loop."""
+    c, g, device = p.codeeval, p.grpo, run.dist.device
+    limits = sandbox.Limits(timeout_s=c.timeout_s, memory_mb=c.memory_mb)
+    sb = sandbox.probe(limits)
+    sandbox.require(sb, c.sandbox)
+    eval_tasks = load_tasks(g.eval_tasks, "grpo.eval_tasks")
+    judging = loop.Judging(scoring.make_judge(eval_tasks, sb, limits, c.workers), c.stop,
+                           g.max_new_tokens, c.batch_size, g.eval_limit)  # fmt: skip
+    tok = AutoTokenizer.from_pretrained("models/tokenizer", trust_remote_code=False)
+    grpo = p.train.objective == "grpo"
+    ref, opt = loop.setup(model, p.train, run, p.lora.enabled, need_ref=not grpo or g.kl_coef > 0)
+    if grpo:
+        tasks = load_tasks(g.tasks, "grpo.tasks")
+        judge = scoring.make_judge(tasks, sb, limits, c.workers)
+        step = partial(loop.grpo_step, model, ref, tok, opt, tasks, judge, g, p.train, c.stop,
+                       p.seed, device=device)  # fmt: skip
+    else:
+        pairs = load_pairs(tok, p.dpo.pairs, p.model.context)
+        step = partial(loop.dpo_step, model, ref, tok.pad_token_id, opt, pairs, p.dpo, p.train,
+                       p.seed, device=device)  # fmt: skip
+    evaluate = partial(loop.held_out, model, tok, judging, p.seed, device)
+    return loop.train_rl(model, step, p.train, run, evaluate, g.eval_every, opt, reporters)
 
 
 def examples_left(splits: list[Split], context: int, main: bool) -> None:

@@ -64,6 +64,12 @@ LAYERS: dict[str, set[str]] = {
         "export.gguf",
         "serve",
         "serve.protocol",
+        "rl",
+        "rl.tasks",
+        "rl.pairs",
+        "rl.logprobs",
+        "rl.grpo",
+        "rl.dpo",
     },
     "steps": {
         "corpus",
@@ -77,6 +83,9 @@ LAYERS: dict[str, set[str]] = {
         "codeeval.__main__",
         "codeeval.plus",
         "serve.engine",
+        "rl.rewards",
+        "rl.rollout",
+        "rl.loop",
     },
     "commands": {"cli", "__main__", "serve.app"},
 }

