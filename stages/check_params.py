@@ -2,7 +2,11 @@
 runs. `make repro` calls it ahead of `dvc repro`, which removes a stage's outputs before running
 it: a mistake found here costs no output."""
 
+import sys
 from pathlib import Path
+
+# this checkout's library, as the stages do: an editable install may point at another clone
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from codexlm import params
 from codexlm.errors import run_stage
