@@ -56,6 +56,8 @@ def test_code_eval_is_the_scorer(capsys, tmp_path: Path) -> None:
     ]
 
 
+WRONG_KEY = "wrong"  # pragma: allowlist secret
+
 BAD = {
     "no command": ([], "error: codexlm: the following arguments are required: COMMAND"),
     "unknown command": (["train"], "error: codexlm: argument COMMAND: invalid choice: 'train'"),
@@ -133,7 +135,7 @@ def test_serve_listens_on_loopback_with_its_key(folder: Path, tmp_path: Path) ->
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
                 time.sleep(0.2)
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+            openai.OpenAI(base_url=f"{base}/v1", api_key=WRONG_KEY, max_retries=0).models.list()
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0)
         r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=16, temperature=0)
         model, tok = engine.load(folder, torch.device("cpu"))
