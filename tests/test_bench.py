@@ -180,6 +180,14 @@ def test_speedrun_compares_candidates_on_both_budgets(built: Path) -> None:
         assert r["test_bpb"] > 0 and r["xz_bpb"] > 0 and r["train_s"] > 0
         assert r["tokens"] == r["steps"] * 32 * 32
     assert rows["muon", "tokens"]["val_bpb"] != base["val_bpb"]  # the lever took effect
+    # the time rows train for the baseline's measured seconds: refitted from their own costs
+    # until within 2% (or the tries run out, the closest kept)
+    for name in ("muon", "small-vocab"):
+        r = rows[name, "time"]
+        assert r["budget_s"] == base["train_s"] and 1 <= r["fit_runs"] <= 3
+        one_step = (r["train_s"] - r["first_s"]) / (r["steps"] - 1)  # the budget's grain
+        miss = abs(r["train_s"] - base["train_s"])
+        assert r["fit_runs"] == 3 or miss <= max(0.02 * base["train_s"], one_step)
 
 
 def test_speedrun_round_two_baseline_is_params_yaml() -> None:
