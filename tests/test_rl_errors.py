@@ -70,7 +70,7 @@ def test_grpo_on_a_scratch_model_and_dpo_without_pairs(tmp_path: Path) -> None:
         params.parse(p)
     p = rl_params(tmp_path)
     p["train"]["objective"] = "dpo"
-    p["dpo"]["pairs"] = "data/pairs.jsonl"
+    p["dpo"]["pairs"] = str(tmp_path / "data" / "pairs.jsonl")  # absent in any checkout
     with pytest.raises(UserError) as e:
         params.parse(p)
     line = str(e.value)
