@@ -28,17 +28,19 @@ def committed(split: str) -> list[tasks.Problem]:
 
 def test_committed_files_are_the_generators_output(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(TOOL), "--out", str(tmp_path)], check=True, cwd=ROOT)
-    for split in ("train", "test", "pairs"):
+    for split in ("train", "test", "val", "pairs"):
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (
             ROOT / "tasks" / f"{split}.jsonl"
         ).read_bytes(), f"tasks/{split}.jsonl is stale: run make tasks"
 
 
 def test_splits_are_held_out_and_clean() -> None:
-    train, test = committed("train"), committed("test")
-    assert len(train) == 600 and len(test) == 120
-    assert not {t.prompt for t in train} & {t.prompt for t in test}
-    for t in train + test:
+    train, test, val = committed("train"), committed("test"), committed("val")
+    assert len(train) == 600 and len(test) == 120 and len(val) == 120
+    prompts = [{t.prompt for t in split} for split in (train, test, val)]
+    assert not prompts[0] & prompts[1] and not prompts[0] & prompts[2]
+    assert not prompts[1] & prompts[2]  # tuning on val says nothing about test's answers
+    for t in train + test + val:
         assert not decontam.contaminated(t.prompt + "\n" + t.canonical_solution, "humaneval")
         # every test reduces to cases: the judge compares values, "fraction" counts asserts
         assert cases.reduce(t.test) is not None, t.task_id

@@ -187,22 +187,24 @@ def _task(task_id: str, family: str, r: random.Random) -> tuple[Problem, str]:
 class TaskSet:
     train: list[Problem]
     test: list[Problem]
+    val: list[Problem]  # drawn after test, so adding it leaves train and test unchanged
     dropped: int  # drawn tasks the 13-gram check against HumanEval dropped
     near_misses: dict[str, str]  # task_id -> a wrong solution close to the canonical one
 
 
-def build(seed: int, n_train: int, n_test: int) -> TaskSet:
-    """The train and test splits, each task with a near miss (DPO's built-in pairs).
+def build(seed: int, n_train: int, n_test: int, n_val: int = 0) -> TaskSet:
+    """The train, test and validation splits, each task with a near miss (DPO's built-in
+    pairs). Tune on val: the test split is for the figures.
 
     Families take turns, so each split holds every family; a drawn task whose prompt repeats
     one already drawn (same name, constants and example) is drawn again."""
     r = random.Random(seed)
     families = sorted(FAMILIES)
     seen: set[str] = set()
-    splits: dict[str, list[Problem]] = {"train": [], "test": []}
+    splits: dict[str, list[Problem]] = {"train": [], "test": [], "val": []}
     dropped = 0
     wrong: dict[str, str] = {}
-    for split, n in (("train", n_train), ("test", n_test)):
+    for split, n in (("train", n_train), ("test", n_test), ("val", n_val)):
         while len(splits[split]) < n:
             family = families[len(splits[split]) % len(families)]
             task, miss = _task(f"codexlm/{split}/{len(splits[split])}", family, r)
@@ -214,7 +216,7 @@ def build(seed: int, n_train: int, n_test: int) -> TaskSet:
             seen.add(task.prompt)
             splits[split].append(task)
             wrong[task.task_id] = miss
-    return TaskSet(splits["train"], splits["test"], dropped, wrong)
+    return TaskSet(splits["train"], splits["test"], splits["val"], dropped, wrong)
 
 
 def builtin_pairs(tasks: Sequence[Problem], near_misses: dict[str, str]) -> list[dict]:
